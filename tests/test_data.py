@@ -1,0 +1,77 @@
+"""Data import (folder tree -> CSVs) and data check, on the shared photos."""
+import csv
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from flowers import data
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.reader(f))
+
+
+def test_import_is_stratified_and_deterministic(photos, photos_root, tmp_path):
+    labels, n_train, n_eval = data.import_tree(photos_root, str(tmp_path / "a"), eval_fraction=0.1, seed=7)
+    assert labels == sorted(photos) == data.read_dict(str(tmp_path / "a" / "dict.txt"))
+    assert n_train + n_eval == sum(len(v) for v in photos.values())
+    evals = read_csv(tmp_path / "a" / "eval_set.csv")
+    for label, paths in photos.items():
+        n = sum(1 for _, lab in evals if lab == label)
+        assert n == round(len(paths) * 0.1)
+    train = read_csv(tmp_path / "a" / "train_set.csv")
+    assert not {u for u, _ in train} & {u for u, _ in evals}
+
+    data.import_tree(photos_root, str(tmp_path / "b"), eval_fraction=0.1, seed=7)
+    data.import_tree(photos_root, str(tmp_path / "c"), eval_fraction=0.1, seed=8)
+    assert read_csv(tmp_path / "b" / "eval_set.csv") == evals
+    assert read_csv(tmp_path / "c" / "eval_set.csv") != evals
+
+
+def test_check_reports_every_kind_of_bad_row(photos, tmp_path):
+    good = photos["roses"][:3]
+    shutil.copy(good[0], tmp_path / "relative.jpg")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    (tmp_path / "dict.txt").write_text("daisy\nroses\n")
+    rows = [
+        f"{good[1]},roses",
+        f"{good[2]},roses,daisy",        # several labels
+        "relative.jpg,roses",            # relative to the CSV's folder
+        f"{good[1]},roses",              # duplicate
+        f"{good[0]},orchids",            # unknown label
+        f"{tmp_path}/missing.jpg,daisy",  # missing file
+        "notes.jpg,daisy",               # unreadable
+        "just-a-uri",                    # malformed
+    ]
+    (tmp_path / "set.csv").write_text("\n".join(rows) + "\n")
+    problems, n_rows = data.check(str(tmp_path / "set.csv"), str(tmp_path / "dict.txt"))
+    assert n_rows == 8
+    assert [(line, reason) for line, _, reason, _ in problems] == [
+        (4, "duplicate"), (5, "unknown_label"), (6, "missing_file"), (7, "not_an_image"), (8, "malformed_row")]
+
+    result = subprocess.run([sys.executable, "-m", "flowers", "data", "check", "--input_path",
+                             str(tmp_path / "set.csv"), "--input_dict", str(tmp_path / "dict.txt")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "8 rows, 3 ok, 5 bad" in result.stdout
+
+
+def test_check_passes_an_imported_set(photos_root, tmp_path):
+    subprocess.run([sys.executable, "-m", "flowers", "data", "import", photos_root, "--output", str(tmp_path),
+                    "--eval-fraction", "0.05"], check=True, capture_output=True)
+    result = subprocess.run([sys.executable, "-m", "flowers", "data", "check", "--input_path",
+                             str(tmp_path / "eval_set.csv"), "--input_dict", str(tmp_path / "dict.txt")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    assert " 0 bad (none)" in result.stdout
+
+
+def test_parse_row_labels_to_ids():
+    row, ids = data.parse_row(3, "gs://bucket/a.jpg,tulips,daisy", "/tmp", {"daisy": 0, "tulips": 1})
+    assert row.uri == "gs://bucket/a.jpg" and ids == [1, 0] and row.line == 3
+    with pytest.raises(data.RowError) as e:
+        data.parse_row(1, "a.jpg,", "/tmp", {"daisy": 0})
+    assert e.value.reason == "malformed_row"
