@@ -1,5 +1,6 @@
 """The tf.train.Example schema shared by preprocessing (writer) and training (reader)."""
 import json
+import re
 
 import tensorflow as tf
 
@@ -39,3 +40,14 @@ def read_metadata(prefix):
 
 def write_metadata(prefix, metadata):
     storage.write_text(metadata_path(prefix), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+
+
+def shard_pattern(prefix):
+    """The files a preprocess run writes for PREFIX: PREFIX-00000-of-00004.tfrecord.gz, ..."""
+    return f"{prefix}-*{RECORD_SUFFIX}"
+
+
+def prefix_of(pattern):
+    """PREFIX from a shard file or glob (PREFIX-*.tfrecord.gz, PREFIX-00001-of-00004.tfrecord.gz, PREFIX*)."""
+    stem = pattern[: -len(RECORD_SUFFIX)] if pattern.endswith(RECORD_SUFFIX) else pattern
+    return re.sub(r"(-\d+-of-\d+|-?\*)$", "", stem)
