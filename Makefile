@@ -19,7 +19,9 @@ $(STAMP): $(REQS)
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python -m flowers.demo
+	$(BIN)/python pipeline.py run --local --data data/sample --workdir demo-output \
+		--eval_fraction 0.2 --accuracy_threshold 0.7
+	$(BIN)/python -m flowers.demo --workdir demo-output
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -60,11 +60,11 @@ def build_pipeline(use_gpu=True, gpu_type=DEFAULT_GPU, gpu_count=1):
         gate = components.evaluate(model=trained.outputs["model"], accuracy_threshold=accuracy_threshold,
                                    model_config_file=model_config_file, model_name=model_name)
         gate.set_display_name("Evaluate (gate)").set_caching_options(False)
-        with dsl.If(gate.outputs["decision"] == "deploy", name="gate-passed"):
-            dep = components.deploy(model=trained.outputs["model"], model_base_path=model_base_path,
-                                    model_config_file=model_config_file, model_name=model_name, label=label,
-                                    reason=gate.outputs["reason"])
-            dep.set_display_name("Deploy").set_caching_options(False)
+        # The gate runs inside deploy: kfp.local cannot yet resolve a dsl.If on a task output.
+        dep = components.deploy(model=trained.outputs["model"], decision=gate.outputs["decision"],
+                                reason=gate.outputs["reason"], model_base_path=model_base_path,
+                                model_config_file=model_config_file, model_name=model_name, label=label)
+        dep.set_display_name("Deploy (if the gate passed)").set_caching_options(False)
 
     return flowers_pipeline
 

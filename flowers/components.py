@@ -72,14 +72,10 @@ def train(train_records: Input[Dataset], eval_records: Input[Dataset], max_steps
     model.metadata.update({"export_path": result["export_path"], "accuracy": result["metrics"]["accuracy"]})
 
 
-class GateOutputs(NamedTuple):
-    decision: str
-    reason: str
-
-
 @dsl.component(base_image=containers.image("train"), install_kfp_package=False)
 def evaluate(model: Input[Model], accuracy_threshold: float, model_config_file: str, model_name: str,
-             metrics: Output[Metrics], confusion: Output[ClassificationMetrics]) -> GateOutputs:
+             metrics: Output[Metrics], confusion: Output[ClassificationMetrics]
+             ) -> NamedTuple("GateOutputs", decision=str, reason=str):
     """Eval metrics into the KFP UI, and the deploy gate's decision with its reason."""
     import json
     from typing import NamedTuple
@@ -98,11 +94,15 @@ def evaluate(model: Input[Model], accuracy_threshold: float, model_config_file: 
 
 
 @dsl.component(base_image=containers.image("train"), install_kfp_package=False)
-def deploy(model: Input[Model], model_base_path: str, model_config_file: str, model_name: str, label: str,
-           reason: str) -> int:
-    """Copy the export to the serving base path as the next version and point `label` at it."""
+def deploy(model: Input[Model], decision: str, reason: str, model_base_path: str, model_config_file: str,
+           model_name: str, label: str) -> int:
+    """Copy the export to the serving base path as the next version and point `label` at it,
+    if the gate said so; returns the version, or 0 when not deployed (the reason is logged)."""
     from flowers import deploy as deployer, storage
 
+    if decision != "deploy":
+        print(f"not deployed: {reason}")
+        return 0
     version = deployer.deploy(storage.join(model.path, "model"), model_base_path, model_name=model_name,
                               label=label, config_path=model_config_file)
     print(f"deployed version {version} as {label}: {reason}")

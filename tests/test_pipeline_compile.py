@@ -48,9 +48,9 @@ def test_steps_pass_typed_artifacts_and_deploy_is_gated(tmp_path):
     assert evaluate["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
     assert evaluate["confusion"]["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
     tasks = spec["root"]["dag"]["tasks"]
-    assert "deploy" not in tasks  # inside the condition
-    condition = next(t for t in tasks.values() if "triggerPolicy" in t)
-    assert "deploy" in condition["triggerPolicy"]["condition"]
+    decision = tasks["deploy"]["inputs"]["parameters"]["decision"]["taskOutputParameter"]
+    assert decision == {"producerTask": "evaluate", "outputParameterKey": "decision"}
+    assert tasks["deploy"]["cachingOptions"].get("enableCache", False) is False
     assert tasks["preprocess"]["cachingOptions"]["enableCache"] is True
 
 
