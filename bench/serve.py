@@ -1,0 +1,242 @@
+"""Serving overhead: `flowers serve` (REST and gRPC) against the same model called in process.
+
+    .venv/bin/python bench/serve.py [--model_dir DIR] [--requests N] [--seconds S] [--clients C]
+
+Builds a small servable model (efficientnet_lite0 + an untrained head, as tests/conftest.py
+exports it) unless --model_dir names one, starts two local servers as subprocesses
+(TF Serving's default, batching off; and the serve image's containers/serve/batching.config),
+and measures, in alternating rounds so that both sides share the machine's noise:
+  latency     one image per request, one client, sequential: p50 / p99 of the in-process
+              call of the loaded signature function, and of REST and gRPC round trips
+              (client encode + server + decode), on the batching-off server;
+  throughput  images/s: the in-process function on batches of --clients images (one call at a
+              time, and as many calls at once as the server has batch threads), against
+              --clients concurrent clients sending one image each to the batching server.
+Prints the ratios. Targets: p50 overhead at most 15 %; throughput at least 0.7 of in process.
+"""
+import argparse
+import asyncio
+import base64
+import http.client
+import json
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+import urllib.parse
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PHOTOS = ROOT.parent / "shared" / "datasets" / "flower_photos"
+sys.path.insert(0, str(ROOT))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_dir", help="a TF Serving base path holding numbered versions")
+    p.add_argument("--requests", type=int, default=90, help="latency samples per side")
+    p.add_argument("--seconds", type=float, default=20, help="throughput run length per side")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batching_config", default=str(ROOT / "containers" / "serve" / "batching.config"))
+    return p.parse_args(argv)
+
+
+def build_model(folder):
+    import keras
+
+    from flowers import backbones, export
+
+    keras.utils.set_random_seed(0)
+    spec = backbones.get("efficientnet_lite0")
+    head = keras.Sequential([keras.Input((spec.embedding_size,)), keras.layers.Dense(5, activation="softmax")])
+    export.export(head, spec.name, ["daisy", "dandelion", "roses", "sunflowers", "tulips"], str(folder))
+    return str(folder)
+
+
+def percentile(samples, q):
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+class Sides:
+    """Batch-1 calls: in process, REST (keep-alive connection), gRPC (one channel)."""
+
+    def __init__(self, fn, rest_url, grpc_addr, photos):
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        self.fn, self.tf, self.photos = fn, tf, photos
+        url = urllib.parse.urlparse(rest_url)
+        self.http = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+        self.bodies = [json.dumps({"instances": [{"key": str(i), "image_bytes": {
+            "b64": base64.b64encode(p).decode()}}]}).encode() for i, p in enumerate(photos)]
+        self.channel = grpc.insecure_channel(grpc_addr)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.requests = []
+        for i, p in enumerate(photos):
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = "flowers"
+            req.inputs["key"].CopyFrom(tf.make_tensor_proto([str(i)]))
+            req.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([p]))
+            self.requests.append(req)
+
+    def in_process(self, i):
+        out = self.fn(key=self.tf.constant([str(i)]), image_bytes=self.tf.constant([self.photos[i]]))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def rest(self, i):
+        self.http.request("POST", "/v1/models/flowers:predict", body=self.bodies[i],
+                          headers={"Content-Type": "application/json"})
+        resp = self.http.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status == 200, body
+        return body
+
+    def grpc(self, i):
+        return self.tf.make_ndarray(self.stub.Predict(self.requests[i], timeout=120).outputs["scores"])
+
+
+async def concurrent_rest(rest_url, photos, clients, seconds):
+    import aiohttp
+
+    bodies = [json.dumps({"instances": [{"key": str(i), "image_bytes": {"b64": base64.b64encode(p).decode()}}]})
+              for i, p in enumerate(photos)]
+    done, deadline = [0], time.perf_counter() + seconds
+
+    async def client(session, c):
+        i = c
+        while time.perf_counter() < deadline:
+            async with session.post(f"{rest_url}/v1/models/flowers:predict", data=bodies[i % len(bodies)],
+                                    headers={"Content-Type": "application/json"}) as resp:
+                await resp.read()
+                assert resp.status == 200
+            done[0] += 1
+            i += clients
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(session, c) for c in range(clients)))
+        return done[0] / (time.perf_counter() - start)
+
+
+async def concurrent_grpc(grpc_addr, requests, clients, seconds):
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    done, deadline = [0], time.perf_counter() + seconds
+    async with grpc.aio.insecure_channel(grpc_addr) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        async def client(c):
+            i = c
+            while time.perf_counter() < deadline:
+                await stub.Predict(requests[i % len(requests)], timeout=300)
+                done[0] += 1
+                i += clients
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(c) for c in range(clients)))
+        return done[0] / (time.perf_counter() - start)
+
+
+def batched_in_process(sides, batch, seconds, threads=1):
+    """images/s of the signature function on batches of `batch`, from `threads` threads at once."""
+    import concurrent.futures
+
+    tf, photos = sides.tf, sides.photos
+    start = time.perf_counter()
+
+    def loop(t):
+        n = 0
+        while time.perf_counter() - start < seconds:
+            imgs = [photos[(t * 7 + n + j) % len(photos)] for j in range(batch)]
+            out = sides.fn(key=tf.constant([str(j) for j in range(batch)]), image_bytes=tf.constant(imgs))
+            out["scores"].numpy()
+            n += batch
+        return n
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        total = sum(pool.map(loop, range(threads)))
+    return total / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import tensorflow as tf
+
+    from flowers.serving import batching, protos, server
+
+    photos = [p.read_bytes() for p in sorted(PHOTOS.glob("*/*.jpg"))[::50][:32]]
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        base = args.model_dir or build_model(pathlib.Path(tmp) / "flowers")
+        from flowers.serving import models
+
+        version_path = models.scan(base)[max(models.scan(base))]
+        fn = tf.saved_model.load(version_path).signatures["serving_default"]
+        common = ["--model_name", "flowers", "--model_base_path", base]
+        plain, plain_rest, plain_grpc = server.start_subprocess(common)
+        batched, batched_rest, batched_grpc = server.start_subprocess(
+            [*common, "--enable_batching", "--batching_parameters_file", args.batching_config])
+        try:
+            sides = Sides(fn, plain_rest, plain_grpc, photos)
+            batched_sides = Sides(fn, batched_rest, batched_grpc, photos)
+            for side in (sides.in_process, sides.rest, sides.grpc, batched_sides.rest):  # warm up
+                for i in range(3):
+                    side(i)
+            latency = {"in process": [], "REST": [], "gRPC": [], "REST, batching on": []}
+            calls = {"in process": sides.in_process, "REST": sides.rest, "gRPC": sides.grpc,
+                     "REST, batching on": batched_sides.rest}
+            per_round = max(1, args.requests // args.rounds)
+            for r in range(args.rounds):
+                for i in range(per_round):
+                    for name, call in calls.items():  # interleaved: the same noise for every side
+                        k = (r * per_round + i) % len(photos)
+                        t = time.perf_counter()
+                        call(k)
+                        latency[name].append(time.perf_counter() - t)
+            threads = batching.Options.from_proto(protos.load_batching(args.batching_config)).num_batch_threads
+            one, many = f"in process, batch {args.clients}", f"in process, {threads} thr x {args.clients}"
+            throughput = {one: [], many: [], "REST": [], "gRPC": []}
+            seconds = args.seconds / args.rounds
+            for _ in range(args.rounds):
+                throughput[one].append(batched_in_process(sides, args.clients, seconds))
+                if threads > 1:  # the server runs num_batch_threads batches at once
+                    throughput[many].append(batched_in_process(sides, args.clients, seconds, threads))
+                throughput["REST"].append(asyncio.run(concurrent_rest(batched_rest, photos, args.clients, seconds)))
+                throughput["gRPC"].append(asyncio.run(
+                    concurrent_grpc(batched_grpc, batched_sides.requests, args.clients, seconds)))
+        finally:
+            server.stop_subprocess(plain)
+            server.stop_subprocess(batched)
+
+    base_p50 = statistics.median(latency["in process"])
+    print(f"\nlatency, batch 1, {len(latency['in process'])} requests per side, one client")
+    print(f"  {'side':20} {'p50 ms':>8} {'p99 ms':>8} {'p50 overhead':>13}")
+    for name, samples in latency.items():
+        p50, p99 = statistics.median(samples), percentile(samples, 99)
+        print(f"  {name:20} {p50 * 1e3:8.1f} {p99 * 1e3:8.1f} {(p50 / base_p50 - 1) * 100:12.1f}%")
+    throughput = {name: runs for name, runs in throughput.items() if runs}
+    base_tp = max(statistics.median(throughput[name]) for name in (one, many) if name in throughput)
+    print(f"\nthroughput, {args.clients} concurrent clients x 1 image, batching server "
+          f"({pathlib.Path(args.batching_config).name}: {threads} batch threads); {args.rounds} rounds; "
+          "ratio to the faster in-process way")
+    print(f"  {'side':24} {'images/s':>9} {'ratio':>7}")
+    for name, runs in throughput.items():
+        tp = statistics.median(runs)
+        print(f"  {name:24} {tp:9.1f} {tp / base_tp:7.2f}")
+    rest_overhead = statistics.median(latency["REST"]) / base_p50 - 1
+    grpc_overhead = statistics.median(latency["gRPC"]) / base_p50 - 1
+    ratios = [statistics.median(throughput[k]) / base_tp for k in ("REST", "gRPC")]
+    ok = max(rest_overhead, grpc_overhead) <= 0.15 and min(ratios) >= 0.7
+    print(f"\ntargets (p50 overhead <= 15%, throughput >= 0.7): {'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""TF Serving's gRPC services on grpcio's asyncio server, with the generated stubs from
+tensorflow-serving-api: PredictionService.Predict / GetModelMetadata and
+ModelService.GetModelStatus / HandleReloadConfigRequest. Classify, Regress and
+MultiInference answer UNIMPLEMENTED (the generated base class does that).
+"""
+import asyncio
+import logging
+import time
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from flowers.serving import models
+from flowers.serving.errors import Code, ServingError, invalid
+
+log = logging.getLogger(__name__)
+
+
+def _spec_args(spec):
+    """ModelSpec -> (name, version or None, label or None)."""
+    version = spec.version.value if spec.HasField("version") else None
+    return spec.name, version, spec.version_label or None
+
+
+def _to_array(name, proto, signature):
+    spec = signature.inputs.get(name)
+    if spec is not None and proto.dtype != spec.dtype.as_datatype_enum:
+        got = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "invalid"
+        raise invalid(f"Expects arg[{sorted(signature.inputs).index(name)}] to be {spec.dtype.name} "
+                      f"but {got} is provided")
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as e:  # noqa: BLE001 - malformed TensorProto
+        raise invalid(f"Input {name}: cannot parse the TensorProto: {e}") from None
+
+
+class _Observed:
+    """Counts and times one RPC, aborting with its ServingError's code."""
+
+    def __init__(self, metrics, api):
+        self.metrics, self.api = metrics, api
+
+    async def __call__(self, context, model_name, work):
+        started, status = time.monotonic(), Code.OK
+        try:
+            return await work()
+        except ServingError as e:
+            status = e.code
+            await context.abort(e.code, e.message)
+        except asyncio.CancelledError:
+            status = Code.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug here must not take the server down
+            log.exception("%s failed", self.api)
+            status = Code.INTERNAL
+            await context.abort(Code.INTERNAL, f"{type(e).__name__}: {e}")
+        finally:
+            if self.metrics:
+                self.metrics.observe(model_name, self.api, "GRPC", status.name, time.monotonic() - started)
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager, metrics=None):
+        self.manager = manager
+        self._predict, self._metadata = _Observed(metrics, "predict"), _Observed(metrics, "metadata")
+
+    async def Predict(self, request, context):
+        async def work():
+            servable = self.manager.resolve(*_spec_args(request.model_spec))
+            signature = servable.signature(request.model_spec.signature_name)
+            models.outputs_filter(signature.outputs, list(request.output_filter))  # checks names first
+            inputs = {name: _to_array(name, proto, signature) for name, proto in request.inputs.items()}
+            outputs = await self.manager.predict(servable, signature, inputs)
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = servable.name
+            response.model_spec.version.value = servable.version
+            response.model_spec.signature_name = signature.name
+            for name, arr in models.outputs_filter(outputs, list(request.output_filter)).items():
+                response.outputs[name].CopyFrom(tf.make_tensor_proto(arr))
+            return response
+        return await self._predict(context, request.model_spec.name, work)
+
+    async def GetModelMetadata(self, request, context):
+        async def work():
+            fields = list(request.metadata_field)
+            if not fields:
+                raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+            for field in fields:
+                if field != "signature_def":
+                    raise invalid(f"Metadata field {field} is not supported")
+            return self.manager.metadata(*_spec_args(request.model_spec))
+        return await self._metadata(context, request.model_spec.name, work)
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager, metrics=None):
+        self.manager = manager
+        self._status, self._reload = _Observed(metrics, "status"), _Observed(metrics, "reload_config")
+
+    async def GetModelStatus(self, request, context):
+        async def work():
+            if not request.HasField("model_spec"):
+                raise invalid("Missing ModelSpec")
+            return self.manager.status(*_spec_args(request.model_spec))
+        return await self._status(context, request.model_spec.name, work)
+
+    async def HandleReloadConfigRequest(self, request, context):
+        async def work():
+            await self.manager.apply_config(request.config)
+            response = model_management_pb2.ReloadConfigResponse()
+            response.status.SetInParent()
+            return response
+        return await self._reload(context, "", work)
+
+
+def make_server(manager, *, metrics=None, max_request_bytes=32 << 20):
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_request_bytes),
+                                      ("grpc.max_send_message_length", -1)])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, metrics), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, metrics), server)
+    return server

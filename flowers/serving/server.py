@@ -1,0 +1,277 @@
+"""`flowers serve`: a local stand-in for tensorflow_model_server, with its flags and files.
+
+    flowers serve --model_config_file containers/serve/models.config \\
+        --model_config_file_poll_wait_seconds 60 --enable_batching \\
+        --batching_parameters_file containers/serve/batching.config \\
+        --monitoring_config_file containers/serve/monitoring.config
+
+gRPC on --port (8500), REST on --rest_api_port (8501; 0 disables REST, as in TF
+Serving), both bound to loopback unless --grpc_host/--rest_api_host say otherwise.
+Models are loaded before the ports open; then the file system and the config file
+are polled. `start_subprocess` runs it as a child process for tests and demos.
+"""
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from google.protobuf import text_format
+
+from flowers import images, model_config
+from flowers.serving import batching, grpc_service, metrics as metrics_lib, models, protos, rest
+
+log = logging.getLogger("flowers.serve")
+READY = "flowers serve: ready"
+
+
+def _bool(text):
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="flowers serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    flag = dict(nargs="?", const=True, default=False, type=_bool, metavar="BOOL")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port")
+    p.add_argument("--grpc_host", default="127.0.0.1", help="gRPC bind address (not a TF Serving flag)")
+    p.add_argument("--rest_api_port", type=int, default=8501, help="REST port; 0 disables the REST API")
+    p.add_argument("--rest_api_host", default="127.0.0.1", help="REST bind address (not a TF Serving flag)")
+    p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000)
+    p.add_argument("--rest_max_request_bytes", type=int, default=32 << 20,
+                   help="larger REST bodies get 413 (not a TF Serving flag)")
+    p.add_argument("--grpc_max_request_bytes", type=int, default=32 << 20,
+                   help="larger gRPC messages get RESOURCE_EXHAUSTED (not a TF Serving flag)")
+    p.add_argument("--model_name", default="default")
+    p.add_argument("--model_base_path", default="")
+    p.add_argument("--model_config_file", default="")
+    p.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0,
+                   help="re-read --model_config_file this often; 0: never")
+    p.add_argument("--file_system_poll_wait_seconds", type=float, default=1,
+                   help="look for new versions this often; 0: once at start")
+    p.add_argument("--enable_batching", **flag)
+    p.add_argument("--batching_parameters_file", default="")
+    p.add_argument("--monitoring_config_file", default="")
+    p.add_argument("--allow_version_labels_for_unavailable_models", **flag)
+    p.add_argument("--max_num_load_retries", type=int, default=5, help="retries of a version that failed to load")
+    p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000)
+    p.add_argument("--max_image_pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
+                   help="reject *_bytes image inputs over this many pixels; 0: no check (not a TF Serving flag)")
+    p.add_argument("--model_threads", type=int, default=max(4, os.cpu_count() or 1),
+                   help="threads for model calls when batching is off (not a TF Serving flag)")
+    args = p.parse_args(argv)
+    if not args.model_config_file and not args.model_base_path:
+        p.error("give --model_config_file, or --model_base_path (with --model_name)")
+    return args
+
+
+def _address(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Server:
+    """The whole server in this process's event loop: `await start()`, then `await stop()`."""
+
+    def __init__(self, args):
+        self.args = args
+        if args.model_config_file:
+            config = model_config.load(args.model_config_file)
+        else:
+            config = model_config.single_model(args.model_name, args.model_base_path)
+        self.batching = None
+        if args.enable_batching:
+            params = (protos.load_batching(args.batching_parameters_file) if args.batching_parameters_file
+                      else protos.BatchingParameters())
+            self.batching = batching.Options.from_proto(params)
+        self.metrics_path = None
+        if args.monitoring_config_file:
+            prometheus = protos.load_monitoring(args.monitoring_config_file).prometheus_config
+            if prometheus.enable:
+                self.metrics_path = prometheus.path or metrics_lib.DEFAULT_PATH
+        threads = self.batching.num_batch_threads if self.batching else args.model_threads
+        self.model_executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="model")
+        self.load_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="load")
+        self.manager = models.Manager(
+            config, config_path=args.model_config_file or None, batching_options=self.batching,
+            model_executor=self.model_executor, load_executor=self.load_executor,
+            allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
+            max_load_retries=args.max_num_load_retries, load_retry_interval_s=args.load_retry_interval_micros / 1e6,
+            max_image_pixels=args.max_image_pixels)
+        self.metrics = metrics_lib.Metrics(self.manager.model_names)
+        self.manager.metrics = self.metrics
+        self.grpc_addr = self.rest_url = None
+        self._grpc = self._runner = self._poller = None
+
+    async def start(self):
+        args = self.args
+        await self.manager.start()
+        self._grpc = grpc_service.make_server(self.manager, metrics=self.metrics,
+                                              max_request_bytes=args.grpc_max_request_bytes)
+        try:
+            port = self._grpc.add_insecure_port(_address(args.grpc_host, args.port))
+        except RuntimeError as e:
+            raise OSError(f"cannot bind gRPC to {_address(args.grpc_host, args.port)}: {e}") from None
+        await self._grpc.start()
+        self.grpc_addr = _address(args.grpc_host, port)
+        log.info("Running gRPC ModelServer at %s", self.grpc_addr)
+        if args.rest_api_port:
+            from aiohttp import web
+
+            app = rest.make_app(self.manager, metrics=self.metrics, metrics_path=self.metrics_path,
+                                max_request_bytes=args.rest_max_request_bytes,
+                                timeout_s=args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0
+                                else None)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, args.rest_api_host, args.rest_api_port, reuse_address=True)
+            await site.start()
+            self.rest_url = f"http://{_address(args.rest_api_host, args.rest_api_port)}"
+            log.info("Exporting HTTP/REST API at %s%s", self.rest_url,
+                     f" (metrics at {self.metrics_path})" if self.metrics_path else "")
+        self._poller = asyncio.create_task(self.manager.poll(
+            args.file_system_poll_wait_seconds, args.model_config_file_poll_wait_seconds))
+
+    async def stop(self, grace_s=5.0):
+        if self._poller:
+            self._poller.cancel()
+        if self._runner:
+            await self._runner.cleanup()
+        if self._grpc:
+            await self._grpc.stop(grace_s)
+        self.model_executor.shutdown(wait=False, cancel_futures=True)
+        self.load_executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _serve(args):
+    server = Server(args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    print(f"{READY}: grpc={server.grpc_addr} rest={server.rest_url or '-'}", flush=True)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_serve(args))
+    except Exception as e:  # noqa: BLE001 - bad flags, files or ports: say so and exit non-zero
+        log.error("Failed to start server: %s: %s", type(e).__name__, e)
+        return 1
+    return 0
+
+
+# -- running it as a child process (tests, demos, deploy checks) -----------------------------------------
+
+def write_config_files(folder, model_name, base_path, *, labels=None, policy="latest {}", batching_text=None,
+                       metrics_path=metrics_lib.DEFAULT_PATH):
+    """Write models.config (and batching.config, monitoring.config) into FOLDER, as in
+    containers/serve; returns the `flowers serve` arguments that use them.
+    `policy` is a FileSystemStoragePathSourceConfig.ServableVersionPolicy in text form."""
+    config = model_config.single_model(model_name, str(base_path))
+    model = model_config.find(config, model_name)
+    text_format.Parse(policy, model.model_version_policy)
+    for label, version in (labels or {}).items():
+        model.version_labels[label] = version
+    paths = {"model_config_file": os.path.join(folder, "models.config")}
+    model_config.save(paths["model_config_file"], config)
+    if batching_text is not None:
+        paths["batching_parameters_file"] = os.path.join(folder, "batching.config")
+        protos.parse(batching_text, protos.BatchingParameters)  # fail here, not in the server
+        with open(paths["batching_parameters_file"], "w") as f:
+            f.write(batching_text)
+    if metrics_path:
+        paths["monitoring_config_file"] = os.path.join(folder, "monitoring.config")
+        with open(paths["monitoring_config_file"], "w") as f:
+            f.write(f'prometheus_config {{ enable: true, path: "{metrics_path}" }}\n')
+    args = [arg for name, path in paths.items() for arg in (f"--{name}", path)]
+    return args + (["--enable_batching"] if batching_text is not None else [])
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start_subprocess(args, *, env=None, timeout_s=180, log_path=None, tries=3):
+    """Start `flowers serve ARGS` on free loopback ports (chosen here: leave --port and
+    --rest_api_port out of ARGS); wait until it has loaded its models and listens.
+    Returns (proc, rest_url, grpc_addr); proc.log_path holds its output.
+    Stop it with `stop_subprocess(proc)`, or use `running(ARGS)`."""
+    for attempt in range(tries):
+        port, rest_port = free_port(), free_port()
+        path = log_path
+        if path is None:
+            fd, path = tempfile.mkstemp(prefix="flowers-serve-", suffix=".log")
+            os.close(fd)
+        cmd = [sys.executable, "-m", "flowers", "serve", "--port", str(port), "--rest_api_port", str(rest_port),
+               *args]
+        child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
+        with open(path, "wb") as log_file:
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env)
+        proc.log_path = path
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if READY in _tail(path, None):
+                return proc, f"http://127.0.0.1:{rest_port}", f"127.0.0.1:{port}"
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        else:
+            stop_subprocess(proc)
+            raise TimeoutError(f"flowers serve not ready after {timeout_s}s; log: {path}\n{_tail(path)}")
+        if "bind" not in _tail(path).lower() or attempt == tries - 1:  # else a port was taken meanwhile
+            raise RuntimeError(f"flowers serve exited with {proc.returncode}; log: {path}\n{_tail(path)}")
+
+
+def stop_subprocess(proc, timeout_s=20):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def running(args, **kwargs):
+    """`with running([...]) as (rest_url, grpc_addr): ...`"""
+    proc, rest_url, grpc_addr = start_subprocess(args, **kwargs)
+    try:
+        yield rest_url, grpc_addr
+    except BaseException:
+        stop_subprocess(proc)
+        print(f"flowers serve log: {proc.log_path}", file=sys.stderr)  # kept for the post-mortem
+        raise
+    stop_subprocess(proc)
+    if "log_path" not in kwargs:
+        os.remove(proc.log_path)
+
+
+def _tail(path, n=4000):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    return text if n is None else text[-n:]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
