@@ -76,13 +76,15 @@ def compile_pipeline(output, use_gpu=True, gpu_type=DEFAULT_GPU):
     return output
 
 
-def run_local(data_dir, workdir, **params):
-    """The whole pipeline on this machine through kfp.local; returns the task outputs."""
+def run_local(data_dir, workdir, enable_caching=True, **params):
+    """The whole pipeline on this machine through kfp.local. Cached steps (import, preprocess,
+    train) are reused when their inputs are unchanged; evaluate and deploy always run."""
     from kfp import local
 
     workdir = pathlib.Path(workdir).resolve()
     serving = workdir / "serving"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline_root"))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline_root"),
+               enable_caching=enable_caching)
     warnings.filterwarnings("ignore", message="You may be attemping to run a task")
     params = {"model_base_path": str(serving / "flowers"), "model_config_file": str(serving / "models.config"),
               **params}
@@ -105,6 +107,7 @@ def main(argv=None):
     r.add_argument("--max_steps", type=int, default=1000)
     r.add_argument("--eval_fraction", type=float, default=0.1)
     r.add_argument("--accuracy_threshold", type=float, default=0.9)
+    r.add_argument("--no-cache", action="store_true", help="re-run every step, preprocessing included")
     s = sub.add_parser("submit", help="submit a run to a Kubeflow Pipelines endpoint")
     s.add_argument("--host", required=True)
     s.add_argument("--experiment", default="flowers")
@@ -119,7 +122,8 @@ def main(argv=None):
         print(f"wrote {args.output}")
     elif args.command == "run":
         _, params = run_local(args.data, args.workdir, backbone=args.backbone, max_steps=args.max_steps,
-                              eval_fraction=args.eval_fraction, accuracy_threshold=args.accuracy_threshold)
+                              eval_fraction=args.eval_fraction, accuracy_threshold=args.accuracy_threshold,
+                              enable_caching=not args.no_cache)
         print(f"\nmodel versions: {params['model_base_path']}\nmodels.config: {params['model_config_file']}\n"
               f"serve it:  flowers serve --model_config_file {params['model_config_file']} "
               "--port 8500 --rest_api_port 8501")

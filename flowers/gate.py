@@ -2,7 +2,7 @@
 threshold and is not worse than the version the `stable` label serves now."""
 import json
 
-from flowers import model_config, storage
+from flowers import model_config, storage, versions
 
 METRICS_FILE = "assets.extra/metrics.json"  # inside a version folder; TF Serving ignores it
 
@@ -14,11 +14,13 @@ def version_metrics(version_path):
 
 
 def stable_accuracy(config_file, model_name="flowers", label="stable"):
-    """(version, eval accuracy) of what `label` serves now, or (None, None) if nothing is deployed."""
-    if not config_file or not storage.exists(config_file):
+    """(version, eval accuracy) of what `label` serves now, or (None, None) if nothing is deployed.
+
+    config_file is a path (local, gs://) or configmap://NAMESPACE/NAME, as for `flowers versions`."""
+    if not config_file:
         return None, None
-    try:
-        model = model_config.find(model_config.load(config_file), model_name)
+    try:  # a file (local, gs://) or configmap://NAMESPACE/NAME
+        model = model_config.find(versions.load(config_file), model_name)
     except KeyError:
         return None, None
     version = model.version_labels.get(label)
