@@ -25,30 +25,25 @@ def photos_root():
 
 @pytest.fixture(scope="session")
 def exported_model(photos, tmp_path_factory):
-    """A real, small servable model: efficientnet_lite0 + a head fitted on 16 photos per class.
+    """A real, small servable model, made the way the pipeline makes one: `flowers preprocess`
+    (efficientnet_lite0) on 16 photos per class, then `flowers.train.train` (the lab's head).
 
     Returns {"base_path", "version_path", "version", "labels", "backbone", "held_out"} where
-    held_out maps each label to photos the head never saw.
+    held_out maps each label to photos the head never saw (the eval set: evaluated, not trained on).
     """
-    import keras
-    import numpy as np
-
-    from flowers import backbones, export, images
+    from flowers import preprocess, records, train
 
     backbone_name, per_class = "efficientnet_lite0", 16
     labels = list(CLASSES)
-    spec = backbones.get(backbone_name)
-    model = backbones.load(backbone_name)
-    paths = [(p, i) for i, c in enumerate(labels) for p in photos[c][:per_class]]
-    x = np.stack([images.load_image(open(p, "rb").read(), spec.image_size) for p, _ in paths])
-    y = np.array([i for _, i in paths])
-    emb = model.predict(x, batch_size=32, verbose=0)
-    keras.utils.set_random_seed(0)
-    head = keras.Sequential([keras.Input((spec.embedding_size,)), keras.layers.Dense(64, activation="relu"),
-                             keras.layers.Dense(len(labels), activation="softmax")])
-    head.compile("adam", "sparse_categorical_crossentropy")
-    head.fit(emb, y, epochs=30, batch_size=32, verbose=0)
-    base = tmp_path_factory.mktemp("models") / "flowers"
-    path = export.export(head, backbone_name, labels, str(base), backbone_model=model)
-    return {"base_path": str(base), "version_path": path, "version": 1, "labels": labels,
-            "backbone": backbone_name, "held_out": {c: photos[c][per_class:per_class + 4] for c in labels}}
+    held_out = {c: photos[c][per_class:per_class + 4] for c in labels}
+    work = tmp_path_factory.mktemp("exported_model")
+    (work / "dict.txt").write_text("".join(f"{c}\n" for c in labels))
+    (work / "train_set.csv").write_text("".join(f"{p},{c}\n" for c in labels for p in photos[c][:per_class]))
+    (work / "eval_set.csv").write_text("".join(f"{p},{c}\n" for c in labels for p in held_out[c]))
+    prefixes = [str(work / "train"), str(work / "eval")]
+    preprocess.run(["--input_path", f"{work / 'train_set.csv'},{work / 'eval_set.csv'}",
+                    "--input_dict", str(work / "dict.txt"), "--output_path", ",".join(prefixes),
+                    "--backbone", backbone_name])
+    result = train.train(*map(records.shard_pattern, prefixes), str(work / "run"), max_steps=100, verbose=False)
+    return {"base_path": str(work / "run" / "model"), "version_path": result["export_path"],
+            "version": result["version"], "labels": labels, "backbone": backbone_name, "held_out": held_out}

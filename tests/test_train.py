@@ -1,0 +1,234 @@
+"""Training on real embeddings of the shared photos: resume after a kill, metrics, errors,
+and no skew between the exported model and the head on preprocessed embeddings."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from flowers import backbones, metrics, preprocess, records, train
+
+BACKBONE = "efficientnet_lite0"
+MAX_STEPS, EVAL_EVERY = 400, 20
+
+
+@pytest.fixture(scope="module")
+def embedded(photos, tmp_path_factory):
+    """Real `flowers preprocess` output: train (10 photos per class and one row with two labels)
+    and eval (2 other photos per class) records."""
+    out = tmp_path_factory.mktemp("records")
+    labels = sorted(photos)
+    train_rows = [f"{p},{c}" for c in labels for p in photos[c][:10]] + [f"{photos['roses'][10]},roses,tulips"]
+    eval_rows = [f"{p},{c}" for c in labels for p in photos[c][12:14]]
+    (out / "dict.txt").write_text("".join(f"{c}\n" for c in labels))
+    (out / "train_set.csv").write_text("".join(f"{r}\n" for r in train_rows))
+    (out / "eval_set.csv").write_text("".join(f"{r}\n" for r in eval_rows))
+    meta = preprocess.run(["--input_path", f"{out / 'train_set.csv'},{out / 'eval_set.csv'}",
+                           "--input_dict", str(out / "dict.txt"), "--output_path", f"{out / 'train'},{out / 'eval'}",
+                           "--backbone", BACKBONE])
+    assert [m["counts"]["written"] for m in meta] == [len(train_rows), len(eval_rows)]
+    return {"train": records.shard_pattern(str(out / "train")), "eval": records.shard_pattern(str(out / "eval")),
+            "labels": labels, "n_train": len(train_rows), "n_eval": len(eval_rows)}
+
+
+def cli(embedded, output, *extra):
+    return [sys.executable, "-m", "flowers", "train", "--train_data_paths", embedded["train"],
+            "--eval_data_paths", embedded["eval"], "--output_path", str(output),
+            "--max_steps", str(MAX_STEPS), "--eval_every", str(EVAL_EVERY), *extra]
+
+
+@pytest.fixture(scope="module")
+def resumed(embedded, tmp_path_factory):
+    """A CLI run SIGKILLed once its first checkpoint exists, then started again with the same dir."""
+    output = tmp_path_factory.mktemp("run")
+    checkpoints = str(output / "checkpoints")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    first = subprocess.Popen(cli(embedded, output), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while tf.train.latest_checkpoint(checkpoints) is None and first.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "the first run ended before it could be killed"
+    saved = tf.train.latest_checkpoint(checkpoints)
+    assert saved, "no checkpoint before the kill"
+    second = subprocess.run(cli(embedded, output), env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return {"output": output, "saved_step": int(saved.rsplit("-", 1)[1]), "stdout": second.stdout,
+            "metrics": json.loads((output / "metrics.json").read_text())}
+
+
+def logged_train_steps(output):
+    """Steps of the 'loss' points in the newest TensorBoard train events file (the last run's)."""
+    newest = max((output / "logs" / "train").glob("events.out.tfevents.*"), key=os.path.getmtime)
+    return [e.step for e in tf.compat.v1.train.summary_iterator(str(newest))
+            for v in e.summary.value if v.tag == "loss"]
+
+
+def test_killed_run_resumes_from_its_checkpoint(resumed):
+    saved, m = resumed["saved_step"], resumed["metrics"]
+    assert 0 < saved < MAX_STEPS
+    assert f"resuming from step {saved} " in resumed["stdout"]
+    assert m["resumed_from_step"] == saved and m["steps"] == MAX_STEPS
+    # The restarted run logged only steps after the saved one, up to max_steps.
+    restarted = logged_train_steps(resumed["output"])
+    assert restarted[0] == (saved // EVAL_EVERY + 1) * EVAL_EVERY and restarted[-1] == MAX_STEPS
+    assert tf.train.latest_checkpoint(str(resumed["output"] / "checkpoints")).endswith(f"ckpt-{MAX_STEPS}")
+
+
+def test_finished_run_does_no_more_training(resumed, embedded):
+    output = resumed["output"]
+    before = sorted(p.name for p in (output / "checkpoints").iterdir())
+    result = train.train(embedded["train"], embedded["eval"], str(output), max_steps=MAX_STEPS,
+                         eval_every=EVAL_EVERY, verbose=False)
+    assert result["metrics"]["resumed_from_step"] == MAX_STEPS == result["metrics"]["steps"]
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == before
+    assert result["version"] == 2 and result["export_path"].endswith("model/2")
+    assert result["metrics"]["accuracy"] == resumed["metrics"]["accuracy"]
+
+
+def test_metrics_json_and_its_copy_in_the_export(resumed, embedded):
+    m, labels = resumed["metrics"], embedded["labels"]
+    assert m["backbone"] == BACKBONE and (m["n_train"], m["n_eval"]) == (embedded["n_train"], embedded["n_eval"])
+    assert m["accuracy"] >= 0.6 and m["train_accuracy"] >= 0.9 and m["loss"] > 0 and m["wall_time_s"] > 0
+    assert list(m["per_class"]) == labels
+    assert all(0 <= v["precision"] <= 1 and 0 <= v["recall"] <= 1 for v in m["per_class"].values())
+    cm = m["confusion_matrix"]
+    assert cm["labels"] == labels and np.array(cm["matrix"]).sum() == embedded["n_eval"]
+    assert np.trace(cm["matrix"]) == round(m["accuracy"] * embedded["n_eval"])
+    copy = resumed["output"] / "model" / "1" / "assets.extra" / "metrics.json"
+    assert json.loads(copy.read_text()) == m
+
+
+def restored_head(output, labels):
+    head = train.build_head(backbones.get(BACKBONE).embedding_size, len(labels))
+    tf.train.Checkpoint(head=head).restore(tf.train.latest_checkpoint(str(output / "checkpoints"))).expect_partial()
+    return head
+
+
+def test_exported_scores_equal_the_head_on_preprocessed_embeddings(resumed, embedded):
+    output, labels = resumed["output"], embedded["labels"]
+    size = backbones.get(BACKBONE).embedding_size
+    rows = [records.parse(tf.constant([s.numpy()]), size) for s in
+            tf.data.TFRecordDataset(tf.io.gfile.glob(embedded["eval"]), compression_type="GZIP")]
+    uris = [r["image_uri"].numpy()[0].decode() for r in rows]
+    embeddings = np.concatenate([r["embedding"].numpy() for r in rows])
+    expected = restored_head(output, labels)(embeddings, training=False).numpy()
+
+    serve = tf.saved_model.load(str(output / "model" / "1")).signatures["serving_default"]
+    out = serve(key=tf.constant(uris), image_bytes=tf.constant([open(u, "rb").read() for u in uris]))
+    np.testing.assert_allclose(out["scores"].numpy(), expected, atol=1e-5)
+    assert out["prediction"].numpy().tolist() == expected.argmax(1).tolist()
+    assert [k.decode() for k in out["key"].numpy()] == uris
+
+
+def encode(pixels, fmt, **kw):
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_one_request_with_images_of_several_sizes_and_formats(resumed, photos):
+    serve = tf.saved_model.load(str(resumed["output"] / "model" / "1")).signatures["serving_default"]
+    jpeg = open(photos["sunflowers"][20], "rb").read()
+    pixels = tf.io.decode_jpeg(jpeg).numpy()  # the decoder the model uses, so PNG/BMP hold the same pixels
+    small = np.asarray(Image.fromarray(pixels).resize((90, 140)))
+    batch = {"jpeg": jpeg, "png": encode(pixels, "PNG"), "bmp": encode(pixels, "BMP"),
+             "gif": encode(small, "GIF"), "gray_png": encode(small.mean(2).astype(np.uint8), "PNG"),
+             "small_jpeg": encode(small, "JPEG", quality=90)}
+    out = serve(key=tf.constant(list(batch)), image_bytes=tf.constant(list(batch.values())))
+    scores = out["scores"].numpy()
+    assert scores.shape == (len(batch), 5)
+    np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
+    # Lossless copies of the JPEG's pixels score exactly like the JPEG.
+    np.testing.assert_allclose(scores[1], scores[0], atol=1e-6)
+    np.testing.assert_allclose(scores[2], scores[0], atol=1e-6)
+    # Each image scores in the mixed batch as it does alone.
+    for i, data in enumerate(batch.values()):
+        alone = serve(key=tf.constant(["k"]), image_bytes=tf.constant([data]))["scores"].numpy()[0]
+        np.testing.assert_allclose(scores[i], alone, atol=1e-5)
+
+
+MIRRORED = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from flowers import train
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+result = train.train(*sys.argv[1:4], max_steps=60, eval_every=30, verbose=False, strategy=strategy)
+print(json.dumps(result["metrics"]))
+"""
+
+
+def test_mirrored_strategy_over_two_devices(embedded, tmp_path):
+    """The multi-GPU code path (MirroredStrategy, per-replica batches, all-reduced gradients),
+    on two logical CPU devices: steps count once per global batch and the head learns."""
+    out = subprocess.run([sys.executable, "-c", MIRRORED, embedded["train"], embedded["eval"], str(tmp_path)],
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads(out.stdout.splitlines()[-1])
+    assert m["replicas"] == 2 and m["steps"] == 60 and m["train_accuracy"] >= 0.9
+    assert (tmp_path / "model" / "1" / "saved_model.pb").exists()
+
+
+def test_summarize_counts_a_prediction_among_several_labels_as_correct():
+    scores = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    targets = np.array([[1, 0, 0], [0, 0.5, 0.5], [0, 1, 0], [0, 0.5, 0.5]])
+    m = metrics.summarize(scores, targets, ["a", "b", "c"])
+    assert m["accuracy"] == 0.5
+    # A miss on a two-label row is counted against its lowest label id (b here).
+    assert m["confusion_matrix"]["matrix"] == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
+    assert m["per_class"]["a"] == {"precision": 0.5, "recall": 1.0, "support": 1}
+    assert m["per_class"]["b"] == {"precision": 1.0, "recall": pytest.approx(1 / 3), "support": 3}
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "support": 0}
+    expected_loss = -np.mean([np.log(0.7), 0.5 * np.log(0.6) + 0.5 * np.log(0.3), np.log(0.3),
+                              0.5 * np.log(0.3) + 0.5 * np.log(0.1)])
+    assert m["loss"] == pytest.approx(expected_loss)
+
+
+def fake_records(prefix, embedding_size=1280, labels=("daisy", "roses"), backbone=BACKBONE, label_ids=(0,),
+                 metadata=True, rows=3):
+    """Records with dummy embeddings: enough to fail on, never trained on."""
+    with tf.io.TFRecordWriter(f"{prefix}-00000-of-00001.tfrecord.gz", "GZIP") as w:
+        for i in range(rows):
+            w.write(records.make_example(f"x{i}.jpg", np.ones(embedding_size), list(label_ids)).SerializeToString())
+    meta = {"backbone": backbone, "embedding_size": 1280, "image_size": 224}
+    if labels is not None:
+        meta["labels"] = list(labels)
+    if metadata:
+        records.write_metadata(prefix, meta)
+    return records.shard_pattern(prefix)
+
+
+BAD_INPUTS = {
+    "records match": lambda d: (str(d / "nothing-*.tfrecord.gz"), fake_records(str(d / "eval"))),
+    "embeddings of size [7]": lambda d: (fake_records(str(d / "train"), embedding_size=7), fake_records(str(d / "eval"))),
+    "records are empty": lambda d: (fake_records(str(d / "train")), fake_records(str(d / "eval"), rows=0)),
+    "has no labels": lambda d: (fake_records(str(d / "train"), labels=None), fake_records(str(d / "eval"))),
+    "disagree on labels": lambda d: (fake_records(str(d / "train")), fake_records(str(d / "eval"), labels=("a", "b"))),
+    "disagree on backbone": lambda d: (fake_records(str(d / "train")),
+                                       fake_records(str(d / "eval"), backbone="efficientnet_lite2")),
+    "label ids outside": lambda d: (fake_records(str(d / "train"), label_ids=(5,)), fake_records(str(d / "eval"))),
+    "cannot read eval metadata": lambda d: (fake_records(str(d / "train")),
+                                            fake_records(str(d / "eval"), metadata=False)),
+}
+
+
+@pytest.mark.parametrize("message", list(BAD_INPUTS))
+def test_bad_inputs_fail_with_one_line(message, tmp_path, capsys):
+    train_glob, eval_glob = BAD_INPUTS[message](tmp_path)
+    code = train.main(["--train_data_paths", train_glob, "--eval_data_paths", eval_glob,
+                       "--output_path", str(tmp_path / "out"), "--max_steps", "10"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.startswith("flowers train: error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "out" / "model").exists()
