@@ -175,9 +175,9 @@ def main(argv=None):
     photos = [p.read_bytes() for p in sorted(PHOTOS.glob("*/*.jpg"))[::50][:32]]
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         base = args.model_dir or build_model(pathlib.Path(tmp) / "flowers")
-        from flowers.serving import models
+        from flowers import base_path
 
-        version_path = models.scan(base)[max(models.scan(base))]
+        version_path = base_path.version_dir(base)
         fn = tf.saved_model.load(version_path).signatures["serving_default"]
         common = ["--model_name", "flowers", "--model_base_path", base]
         plain, plain_rest, plain_grpc = server.start_subprocess(common)

@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from flowers import data, images, storage
+from flowers import base_path, data, images, storage
 from flowers.serving import errors
 
 NAMESPACE = "batch_predict"
@@ -41,14 +41,7 @@ def parse_known_args(argv):
 
 def resolve_model_dir(path):
     """A SavedModel folder as given, or the latest numbered version under a base path."""
-    if storage.exists(storage.join(path, "saved_model.pb")):
-        return path
-    from flowers.serving import models
-
-    versions = models.scan(path)
-    if not versions:
-        raise ValueError(f"{path}: neither a SavedModel nor a base path with numbered versions")
-    return versions[max(versions)]
+    return base_path.version_dir(path)
 
 
 def parse_line(numbered_line, base_dir):

@@ -16,24 +16,20 @@ import argparse
 import sys
 import uuid
 
-from flowers import export, storage, versions
+from flowers import base_path, storage, versions
 
 
 def version_dir(model_dir):
     """A SavedModel version folder: model_dir itself, or its highest numbered sub-folder."""
-    if storage.exists(storage.join(model_dir, "saved_model.pb")):
-        return model_dir
-    if storage.isdir(model_dir):
-        numbered = sorted((int(n) for n in storage.listdir(model_dir)
-                           if n.isdigit() and storage.exists(storage.join(model_dir, n, "saved_model.pb"))))
-        if numbered:
-            return storage.join(model_dir, str(numbered[-1]))
-    raise versions.VersionError(f"{model_dir} is not a SavedModel folder, nor a folder of numbered ones")
+    try:
+        return base_path.version_dir(model_dir)
+    except ValueError as e:
+        raise versions.VersionError(str(e)) from None
 
 
 def copy_version(src, model_base_path):
     """Copy src to model_base_path/<next version>/ and return the version."""
-    version = export.next_version(model_base_path)
+    version = base_path.next_version(model_base_path)
     final = storage.join(model_base_path, str(version))
     # TF Serving only looks at all-digit folder names, so the staging name is invisible to it.
     staging = storage.join(model_base_path, f".incoming-{version}-{uuid.uuid4().hex[:8]}")

@@ -7,15 +7,7 @@ The backbone and the shared image function are inside, so clients send only byte
 import keras
 import tensorflow as tf
 
-from flowers import backbones, images, storage
-
-
-def next_version(base_path):
-    """The next free integer version folder under a TF Serving model base path."""
-    if not storage.exists(base_path):
-        return 1
-    versions = [int(n) for n in storage.listdir(base_path) if n.isdigit()]
-    return max(versions, default=0) + 1
+from flowers import backbones, base_path as layout, images, storage
 
 
 def serving_fn(backbone_model, head, labels, image_size):
@@ -36,7 +28,7 @@ def export(head, backbone_name, labels, base_path, version=None, backbone_model=
     """Write base_path/<version>/ (next free version by default); returns its path."""
     spec = backbones.get(backbone_name)
     backbone_model = backbone_model or backbones.load(backbone_name)
-    version = version or next_version(base_path)
+    version = version or layout.next_version(base_path)
     path = storage.join(base_path, str(version))
     archive = keras.export.ExportArchive()
     archive.track(backbone_model)

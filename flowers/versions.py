@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from flowers import model_config, storage
+from flowers import base_path as layout, model_config, storage
 
 STABLE, PREVIOUS, CANARY = "stable", "previous", "canary"
 CONFIGMAP_SCHEME = "configmap://"
@@ -224,8 +224,7 @@ def disk_versions(base_path):
     if not storage.isdir(base_path):
         raise VersionError(f"cannot list versions: {base_path} is not a readable folder "
                            "(pass --model_base_path as seen from this machine)")
-    return sorted(int(n) for n in storage.listdir(base_path)
-                  if n.isdigit() and storage.exists(storage.join(base_path, n, "saved_model.pb")))
+    return sorted(layout.scan(base_path))
 
 
 def check_exists(base_path, version):

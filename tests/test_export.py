@@ -2,7 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
-from flowers import export
+from flowers import base_path
 
 
 def test_signature_takes_bytes_and_returns_key_prediction_label_scores(exported_model):
@@ -23,7 +23,7 @@ def test_signature_takes_bytes_and_returns_key_prediction_label_scores(exported_
 
 
 def test_next_version(tmp_path):
-    assert export.next_version(str(tmp_path / "none")) == 1
+    assert base_path.next_version(str(tmp_path / "none")) == 1
     for name in ("1", "7", "notes", "3"):
         (tmp_path / name).mkdir()
-    assert export.next_version(str(tmp_path)) == 8
+    assert base_path.next_version(str(tmp_path)) == 8

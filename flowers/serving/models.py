@@ -17,7 +17,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
-from flowers import images, model_config, storage
+from flowers import base_path, images, model_config, storage
 from flowers.serving import batching
 from flowers.serving.errors import Code, from_tf_error, invalid, not_found
 
@@ -79,19 +79,6 @@ def policy_versions(config, on_disk):
         return set(policy.specific.versions) & set(on_disk)
     n = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions > 0 else 1
     return set(sorted(on_disk)[-n:])
-
-
-def scan(base_path):
-    """Version folders (numbered, holding a SavedModel) under a base path: {version: path}."""
-    if not storage.isdir(base_path):
-        return {}
-    found = {}
-    for name in storage.listdir(base_path):
-        path = storage.join(base_path, name)
-        if name.isdigit() and (storage.exists(storage.join(path, "saved_model.pb"))
-                               or storage.exists(storage.join(path, "saved_model.pbtxt"))):
-            found[int(name)] = path
-    return found
 
 
 @dataclasses.dataclass
@@ -169,7 +156,7 @@ class Manager:
         loop = asyncio.get_running_loop()
         for name, model in list(self.models.items()):
             try:
-                on_disk = await loop.run_in_executor(self.load_executor, scan, model.config.base_path)
+                on_disk = await loop.run_in_executor(self.load_executor, base_path.scan, model.config.base_path)
             except Exception as e:  # noqa: BLE001 - e.g. gs:// unreachable: keep what is loaded
                 log.error("cannot list %s: %s", model.config.base_path, e)
                 continue
