@@ -12,7 +12,8 @@ import warnings
 
 from kfp import dsl, kubernetes
 
-from flowers import components
+from flowers.core import defaults
+from flowers.pipeline import components
 
 ROOT = pathlib.Path(__file__).resolve().parent
 GPU_NODE_LABEL = "cloud.google.com/gke-accelerator"
@@ -30,18 +31,18 @@ def build_pipeline(use_gpu=True, gpu_type=DEFAULT_GPU, gpu_count=1):
         dict_path: str = "",
         eval_fraction: float = 0.1,
         seed: int = 0,
-        backbone: str = "efficientnet_lite2",
+        backbone: str = defaults.BACKBONE,
         beam_args: str = "",
-        max_steps: int = 1000,
-        batch_size: int = 100,
-        learning_rate: float = 0.001,
-        dropout: float = 0.5,
-        hidden_units: int = 512,
+        max_steps: int = defaults.MAX_STEPS,
+        batch_size: int = defaults.BATCH_SIZE,
+        learning_rate: float = defaults.LEARNING_RATE,
+        dropout: float = defaults.DROPOUT,
+        hidden_units: int = defaults.HIDDEN_UNITS,
         accuracy_threshold: float = 0.9,
         model_base_path: str = "gs://BUCKET/models/flowers",
         model_config_file: str = "gs://BUCKET/models/models.config",
-        model_name: str = "flowers",
-        label: str = "stable",
+        model_name: str = defaults.MODEL_NAME,
+        label: str = defaults.STABLE,
     ):
         data = components.import_data(data_dir=data_dir, train_csv=train_csv, eval_csv=eval_csv,
                                       dict_path=dict_path, eval_fraction=eval_fraction, seed=seed)
@@ -103,8 +104,8 @@ def main(argv=None):
     r.add_argument("--local", action="store_true", required=True, help="on this machine (kfp.local)")
     r.add_argument("--data", default=str(ROOT / "data" / "sample"), help="folder-per-class photo tree")
     r.add_argument("--workdir", default=str(ROOT / "demo-output"))
-    r.add_argument("--backbone", default="efficientnet_lite2")
-    r.add_argument("--max_steps", type=int, default=1000)
+    r.add_argument("--backbone", default=defaults.BACKBONE)
+    r.add_argument("--max_steps", type=int, default=defaults.MAX_STEPS)
     r.add_argument("--eval_fraction", type=float, default=0.1)
     r.add_argument("--accuracy_threshold", type=float, default=0.9)
     r.add_argument("--no-cache", action="store_true", help="re-run every step, preprocessing included")

@@ -49,7 +49,7 @@ def raw(model, spec, photos, batch_size):
     """Returns (seconds for read+decode+predict, seconds in predict alone)."""
     import numpy as np
 
-    from flowers import images
+    from flowers.core import images
 
     predict_s, start = 0.0, time.perf_counter()
     for i in range(0, len(photos), batch_size):
@@ -89,7 +89,7 @@ def main():
 
     import numpy as np
 
-    from flowers import backbones
+    from flowers.core import backbones
 
     photos = photo_list(args.limit)
     spec = backbones.get(args.backbone)

@@ -48,7 +48,8 @@ def parse_args(argv=None):
 def build_model(folder):
     import keras
 
-    from flowers import backbones, export
+    from flowers.core import backbones
+    from flowers.train import export
 
     keras.utils.set_random_seed(0)
     spec = backbones.get("efficientnet_lite0")
@@ -170,18 +171,19 @@ def main(argv=None):
     args = parse_args(argv)
     import tensorflow as tf
 
-    from flowers.serving import batching, protos, server
+    from flowers import testing
+    from flowers.serving import batching, protos
 
     photos = [p.read_bytes() for p in sorted(PHOTOS.glob("*/*.jpg"))[::50][:32]]
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         base = args.model_dir or build_model(pathlib.Path(tmp) / "flowers")
-        from flowers import base_path
+        from flowers.core import base_path
 
         version_path = base_path.version_dir(base)
         fn = tf.saved_model.load(version_path).signatures["serving_default"]
         common = ["--model_name", "flowers", "--model_base_path", base]
-        plain, plain_rest, plain_grpc = server.start_subprocess(common)
-        batched, batched_rest, batched_grpc = server.start_subprocess(
+        plain, plain_rest, plain_grpc = testing.start_subprocess(common)
+        batched, batched_rest, batched_grpc = testing.start_subprocess(
             [*common, "--enable_batching", "--batching_parameters_file", args.batching_config])
         try:
             sides = Sides(fn, plain_rest, plain_grpc, photos)
@@ -212,8 +214,8 @@ def main(argv=None):
                 throughput["gRPC"].append(asyncio.run(
                     concurrent_grpc(batched_grpc, batched_sides.requests, args.clients, seconds)))
         finally:
-            server.stop_subprocess(plain)
-            server.stop_subprocess(batched)
+            testing.stop_subprocess(plain)
+            testing.stop_subprocess(batched)
 
     base_p50 = statistics.median(latency["in process"])
     print(f"\nlatency, batch 1, {len(latency['in process'])} requests per side, one client")

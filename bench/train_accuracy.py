@@ -13,7 +13,7 @@ then prints train and eval accuracy, steps and wall times from metrics.json. The
 accuracy of at least 0.92 with efficientnet_lite2; the exit status is 1 if a backbone misses it.
 
 With --splits N it also trains on N other stratified 90/10 splits (seeds 0..N-1, the same
-flowers.data.stratified_split) of the same embeddings, regrouped by image, and prints the mean and
+flowers.importer.stratified_split) of the same embeddings, regrouped by image, and prints the mean and
 spread of eval accuracy: with 164 eval photos one photo is 0.006, so one split is a noisy figure.
 """
 import argparse
@@ -66,7 +66,8 @@ def resplit(backbone, work, seeds, train_flags):
     """Eval accuracy of a fresh run on each other stratified split of the embedded photos."""
     import tensorflow as tf
 
-    from flowers import data, records
+    from flowers.core import records
+    from flowers.data import importer
 
     out = work / backbone
     serialized = {}  # image uri -> its Example, from the train and eval records
@@ -84,7 +85,7 @@ def resplit(backbone, work, seeds, train_flags):
         split_dir = out / f"split-{seed}"
         shutil.rmtree(split_dir, ignore_errors=True)
         split_dir.mkdir(parents=True)
-        for role, rows in zip(("train", "eval"), data.stratified_split(tree, 0.1, seed)):
+        for role, rows in zip(("train", "eval"), importer.stratified_split(tree, 0.1, seed)):
             with tf.io.TFRecordWriter(f"{split_dir / role}-00000-of-00001{records.RECORD_SUFFIX}", "GZIP") as w:
                 for uri, _label in rows:
                     w.write(serialized[uri])

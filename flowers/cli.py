@@ -4,15 +4,15 @@ import os
 import sys
 
 COMMANDS = {
-    "data": ("flowers.data", "import a folder tree to CSVs, check CSVs"),
-    "backbone": ("flowers.backbones.classify", "list backbones, classify images with ImageNet heads"),
-    "preprocess": ("flowers.preprocess", "Beam: CSV -> embedding TFRecords"),
-    "train": ("flowers.train", "train the head on embeddings and export a SavedModel"),
+    "data": ("flowers.data.cli", "import a folder tree to CSVs, check CSVs"),
+    "backbone": ("flowers.core.backbones.classify", "list backbones, classify images with ImageNet heads"),
+    "preprocess": ("flowers.preprocess.pipeline", "Beam: CSV -> embedding TFRecords"),
+    "train": ("flowers.train.trainer", "train the head on embeddings and export a SavedModel"),
     "serve": ("flowers.serving.server", "local TF-Serving-compatible model server"),
-    "predict": ("flowers.predict", "send images to a model server (REST or gRPC)"),
-    "batch-predict": ("flowers.batch_predict", "Beam: run the exported model over a CSV"),
-    "deploy": ("flowers.deploy", "copy a model to a serving base path as the next version"),
-    "versions": ("flowers.versions", "list versions, set the default, roll back"),
+    "predict": ("flowers.predict.cli", "send images to a model server (REST or gRPC)"),
+    "batch-predict": ("flowers.predict.batch", "Beam: run the exported model over a CSV"),
+    "deploy": ("flowers.deploy.publish", "copy a model to a serving base path as the next version"),
+    "versions": ("flowers.deploy.versions", "list versions, set the default, roll back"),
 }
 
 

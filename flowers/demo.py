@@ -4,8 +4,10 @@ import argparse
 import pathlib
 import sys
 
-from flowers import client, data
-from flowers.serving import server
+from flowers import testing
+from flowers.core import defaults
+from flowers.data import rows as csv_rows
+from flowers.predict import client
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -16,7 +18,8 @@ def held_out_rows(workdir):
                   key=lambda p: p.stat().st_mtime)
     if not csvs:
         raise SystemExit(f"no pipeline run under {workdir}; run `python pipeline.py run --local` first")
-    return [line.split(",")[:2] for _, line in data.read_lines(str(csvs[-1]))]
+    rows, _ = csv_rows.read_rows(str(csvs[-1]))
+    return [(row.uri, row.labels[0]) for row in rows]
 
 
 def main(argv=None):
@@ -28,9 +31,9 @@ def main(argv=None):
     if not config.exists():
         raise SystemExit(f"{config} missing: the pipeline deployed nothing (see its gate's reason)")
     rows = held_out_rows(workdir)
-    with server.running(["--model_config_file", str(config)]) as (rest_url, grpc_addr):
+    with testing.running(["--model_config_file", str(config)]) as (rest_url, grpc_addr):
         print(f"serving {config} at {rest_url} (REST) and {grpc_addr} (gRPC)")
-        status = client.RestClient(rest_url).status("flowers", label="stable")
+        status = client.RestClient(rest_url).status(defaults.MODEL_NAME, label=defaults.STABLE)
         print(f"stable -> version {status['model_version_status'][0]['version']}")
         preds = client.RestClient(rest_url).predict([open(uri, "rb").read() for uri, _ in rows],
                                                     keys=[uri for uri, _ in rows], label="stable")

@@ -31,7 +31,9 @@ def exported_model(photos, tmp_path_factory):
     Returns {"base_path", "version_path", "version", "labels", "backbone", "held_out"} where
     held_out maps each label to photos the head never saw (the eval set: evaluated, not trained on).
     """
-    from flowers import preprocess, records, train
+    from flowers.core import records
+    from flowers.preprocess import pipeline as preprocess
+    from flowers.train import trainer as train
 
     backbone_name, per_class = "efficientnet_lite0", 16
     labels = list(CLASSES)

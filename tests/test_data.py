@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from flowers import data
+from flowers.core.rejection import Rejection
+from flowers.data import check, importer, rows
 
 
 def read_csv(path):
@@ -15,8 +16,8 @@ def read_csv(path):
 
 
 def test_import_is_stratified_and_deterministic(photos, photos_root, tmp_path):
-    labels, n_train, n_eval = data.import_tree(photos_root, str(tmp_path / "a"), eval_fraction=0.1, seed=7)
-    assert labels == sorted(photos) == data.read_dict(str(tmp_path / "a" / "dict.txt"))
+    labels, n_train, n_eval = importer.import_tree(photos_root, str(tmp_path / "a"), eval_fraction=0.1, seed=7)
+    assert labels == sorted(photos) == rows.read_dict(str(tmp_path / "a" / "dict.txt"))
     assert n_train + n_eval == sum(len(v) for v in photos.values())
     evals = read_csv(tmp_path / "a" / "eval_set.csv")
     for label, paths in photos.items():
@@ -25,8 +26,8 @@ def test_import_is_stratified_and_deterministic(photos, photos_root, tmp_path):
     train = read_csv(tmp_path / "a" / "train_set.csv")
     assert not {u for u, _ in train} & {u for u, _ in evals}
 
-    data.import_tree(photos_root, str(tmp_path / "b"), eval_fraction=0.1, seed=7)
-    data.import_tree(photos_root, str(tmp_path / "c"), eval_fraction=0.1, seed=8)
+    importer.import_tree(photos_root, str(tmp_path / "b"), eval_fraction=0.1, seed=7)
+    importer.import_tree(photos_root, str(tmp_path / "c"), eval_fraction=0.1, seed=8)
     assert read_csv(tmp_path / "b" / "eval_set.csv") == evals
     assert read_csv(tmp_path / "c" / "eval_set.csv") != evals
 
@@ -47,7 +48,7 @@ def test_check_reports_every_kind_of_bad_row(photos, tmp_path):
         "just-a-uri",                    # malformed
     ]
     (tmp_path / "set.csv").write_text("\n".join(rows) + "\n")
-    problems, n_rows = data.check(str(tmp_path / "set.csv"), str(tmp_path / "dict.txt"))
+    problems, n_rows = check.check(str(tmp_path / "set.csv"), str(tmp_path / "dict.txt"))
     assert n_rows == 8
     assert [(line, reason) for line, _, reason, _ in problems] == [
         (4, "duplicate"), (5, "unknown_label"), (6, "missing_file"), (7, "not_an_image"), (8, "malformed_row")]
@@ -70,8 +71,8 @@ def test_check_passes_an_imported_set(photos_root, tmp_path):
 
 
 def test_parse_row_labels_to_ids():
-    row, ids = data.parse_row(3, "gs://bucket/a.jpg,tulips,daisy", "/tmp", {"daisy": 0, "tulips": 1})
-    assert row.uri == "gs://bucket/a.jpg" and ids == [1, 0] and row.line == 3
-    with pytest.raises(data.RowError) as e:
-        data.parse_row(1, "a.jpg,", "/tmp", {"daisy": 0})
+    row = rows.parse_row(3, "gs://bucket/a.jpg,tulips,daisy", "/tmp", {"daisy": 0, "tulips": 1})
+    assert row.uri == "gs://bucket/a.jpg" and row.label_ids == (1, 0) and row.line == 3
+    with pytest.raises(Rejection) as e:
+        rows.parse_row(1, "a.jpg,", "/tmp", {"daisy": 0})
     assert e.value.reason == "malformed_row"

@@ -12,8 +12,9 @@ import grpc
 import pytest
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
-from flowers import deploy, model_config, storage, versions
-from flowers.serving import server
+from flowers import testing
+from flowers.core import model_config, storage
+from flowers.deploy import publish as deploy, stores, versions
 
 WAIT_S = 120  # a generous bound for a server on a shared 2-core machine; not a timing assertion
 
@@ -75,7 +76,7 @@ def test_deploy_set_default_and_rollback_on_a_running_server(exported_model, ser
     assert (model.base_path, dict(model.version_labels), list(model.model_version_policy.specific.versions)) \
         == (base, {"stable": 1}, [1])
 
-    with server.running(["--model_config_file", config, "--model_config_file_poll_wait_seconds", "1",
+    with testing.running(["--model_config_file", config, "--model_config_file_poll_wait_seconds", "1",
                          "--file_system_poll_wait_seconds", "1"]) as (rest, grpc_addr):
         assert wait_for("stable = 1", lambda: label_version(rest, "stable") == 1)
         assert grpc_label_version(grpc_addr, "stable") == 1
@@ -176,8 +177,8 @@ def no_cluster_env(monkeypatch):
 
 def test_configmap_without_any_cluster_config_fails_clearly(no_cluster_env, tmp_path, capsys):
     no_cluster_env.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
-    store = versions.open_store("configmap://flowers/flowers-models")
-    with pytest.raises(versions.ClusterError, match="no Kubernetes cluster configured"):
+    store = stores.open_store("configmap://flowers/flowers-models")
+    with pytest.raises(stores.StoreError, match="no Kubernetes cluster configured"):
         store.read()
     assert versions.main(["list", "--configmap", "flowers-models"]) == 1
     assert "no Kubernetes cluster configured" in capsys.readouterr().err
@@ -185,14 +186,14 @@ def test_configmap_without_any_cluster_config_fails_clearly(no_cluster_env, tmp_
     # In a pod without a service account token, the in-cluster path says so too.
     no_cluster_env.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     no_cluster_env.setenv("KUBERNETES_SERVICE_PORT", "443")
-    with pytest.raises(versions.ClusterError, match="no Kubernetes cluster configured"):
-        versions.open_store("configmap://flowers/flowers-models").read()
+    with pytest.raises(stores.StoreError, match="no Kubernetes cluster configured"):
+        stores.open_store("configmap://flowers/flowers-models").read()
 
 
 def test_configmap_with_an_unreachable_api_server_fails_clearly_and_deploys_nothing(
         no_cluster_env, exported_model, tmp_path, capsys):
     """The real kubernetes client, pointed at a closed loopback port: a clear error, no copy."""
-    port = server.free_port()  # nothing listens there now
+    port = testing.free_port()  # nothing listens there now
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "test",
@@ -200,8 +201,8 @@ def test_configmap_with_an_unreachable_api_server_fails_clearly_and_deploys_noth
         "users": [{"name": "u", "user": {"token": "t"}}],
         "contexts": [{"name": "test", "context": {"cluster": "c", "user": "u"}}]}))
     no_cluster_env.setenv("KUBECONFIG", str(kubeconfig))
-    with pytest.raises(versions.ClusterError, match=f"cannot reach the Kubernetes API server at https://127.0.0.1:{port}"):
-        versions.open_store("configmap://flowers/flowers-models").read()
+    with pytest.raises(stores.StoreError, match=f"cannot reach the Kubernetes API server at https://127.0.0.1:{port}"):
+        stores.open_store("configmap://flowers/flowers-models").read()
 
     base = tmp_path / "models" / "flowers"
     assert deploy.main(["--model_dir", exported_model["version_path"], "--model_base_path", str(base),
@@ -211,10 +212,10 @@ def test_configmap_with_an_unreachable_api_server_fails_clearly_and_deploys_noth
 
 
 def test_config_locations():
-    assert isinstance(versions.open_store("gs://b/models/models.config"), versions.FileStore)
-    store = versions.open_store("configmap://serving/flowers-models")
+    assert isinstance(stores.open_store("gs://b/models/models.config"), stores.FileStore)
+    store = stores.open_store("configmap://serving/flowers-models")
     assert (store.namespace, store.name, store.key) == ("serving", "flowers-models", "models.config")
     for bad in ("configmap://flowers", "configmap:///x", "configmap://a/b/c"):
-        with pytest.raises(versions.VersionError, match="configmap://NAMESPACE/NAME"):
-            versions.open_store(bad)
+        with pytest.raises(stores.StoreError, match="configmap://NAMESPACE/NAME"):
+            stores.open_store(bad)
     assert deploy.default_config_path("gs://b/models/flowers/") == "gs://b/models/models.config"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import flowers
-from flowers import containers, model_config
+from flowers.core import containers, model_config
 from flowers.serving import protos
 
 K8S = pathlib.Path(__file__).resolve().parents[1] / "k8s"

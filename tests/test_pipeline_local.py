@@ -5,12 +5,13 @@ import os
 
 import pytest
 
-from flowers import client, model_config
-from flowers.serving import server
+from flowers import testing
+from flowers.core import model_config
+from flowers.predict import client
 
 from conftest import CLASSES, ROOT
 
-PER_CLASS, HELD_OUT = 10, 3
+PER_CLASS, HELD_OUT = 16, 4
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_local_run_deploys_then_gate_refuses_a_worse_model(pipeline_module, phot
     assert dict(model_config.find(config, "flowers").version_labels) == {"stable": 1}
 
     paths = [p for c in CLASSES for p in held_out[c]]
-    with server.running(["--model_config_file", params["model_config_file"]]) as (rest_url, _):
+    with testing.running(["--model_config_file", params["model_config_file"]]) as (rest_url, _):
         preds = client.RestClient(rest_url).predict([open(p, "rb").read() for p in paths], keys=paths,
                                                     label="stable")
     right = sum(p["label"] == c for p, c in zip(preds, [c for c in CLASSES for _ in held_out[c]]))

@@ -9,7 +9,8 @@ import tensorflow as tf
 from PIL import Image
 
 import flowers
-from flowers import backbones, images, preprocess, records
+from flowers.core import backbones, images, records
+from flowers.preprocess import options, pipeline as preprocess
 
 BACKBONE = "efficientnet_lite0"  # the fast one
 MAX_PIXELS = 1_000_000  # small enough that a 1100x1000 image is a "bomb", large enough for the photos
@@ -34,7 +35,7 @@ def run(photos, tmp_path_factory):
              (photos["tulips"][4], ["tulips", "roses"])]  # several labels
     bad = {  # CSV line -> expected reason
         f"{tmp / 'missing.jpg'},daisy": "missing_file",
-        f"{tmp},daisy": "missing_file",  # a directory
+        f"{tmp},daisy": "not_a_file",  # a directory
         "empty.jpg,daisy": "empty_file",
         "notes.jpg,daisy": "not_an_image",
         "truncated.jpg,daisy": "corrupt_image",
@@ -152,7 +153,7 @@ def test_bad_arguments_fail_before_any_pipeline(run, tmp_path, capsys):
 def test_cloud_options_point_dataflow_at_the_preprocess_image(monkeypatch):
     monkeypatch.delenv("FLOWERS_IMAGE_REPO", raising=False)
     monkeypatch.delenv("FLOWERS_IMAGE_TAG", raising=False)
-    args = preprocess.parse_args(["--input_path", "gs://b/train.csv", "--input_dict", "gs://b/dict.txt",
+    args = options.parse_args(["--input_path", "gs://b/train.csv", "--input_dict", "gs://b/dict.txt",
                                   "--output_path", "gs://b/out/train", "--cloud", "--project", "p",
                                   "--region", "europe-west1", "--temp_location", "gs://b/tmp",
                                   "--max_num_workers", "4"])
@@ -161,5 +162,5 @@ def test_cloud_options_point_dataflow_at_the_preprocess_image(monkeypatch):
     image = f"europe-west1-docker.pkg.dev/p/flowers/preprocess:{flowers.__version__}"
     assert opts["sdk_container_image"] == image
     assert opts["sdk_location"] == "container" and opts["max_num_workers"] == 4
-    local = preprocess.parse_args(["--input_path", "a", "--input_dict", "d", "--output_path", "o"])
+    local = options.parse_args(["--input_path", "a", "--input_dict", "d", "--output_path", "o"])
     assert local.options.get_all_options()["runner"] == "FnApiRunner"  # never the Prism download

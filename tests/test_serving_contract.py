@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowers import client
-from flowers.serving import server
+from flowers import testing
+from flowers.predict import client
 
 REST_URL = os.environ.get("FLOWERS_REST_URL")
 GRPC_ADDR = os.environ.get("FLOWERS_GRPC_ADDR")
@@ -45,11 +45,11 @@ def endpoint(request, tmp_path_factory):
     base.mkdir(parents=True)
     for version in (1, 2):  # the same SavedModel as two versions, for version and label routing
         (base / str(version)).symlink_to(exported["version_path"], target_is_directory=True)
-    args = server.write_config_files(
+    args = testing.write_config_files(
         str(folder), MODEL, base, labels={LABEL: 1, "canary": 2}, policy="all {}", metrics_path=METRICS_PATH,
         batching_text="max_batch_size { value: 16 }\nbatch_timeout_micros { value: 2000 }\n"
                       "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n")
-    with server.running([*args, "--rest_max_request_bytes", str(LOCAL_MAX_BYTES),
+    with testing.running([*args, "--rest_max_request_bytes", str(LOCAL_MAX_BYTES),
                          "--grpc_max_request_bytes", str(LOCAL_MAX_BYTES)]) as (rest_url, grpc_addr):
         yield types.SimpleNamespace(rest=rest_url, grpc=grpc_addr, model=MODEL, label=LABEL, versions=[1, 2],
                                     label_version=1, max_bytes=LOCAL_MAX_BYTES)

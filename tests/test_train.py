@@ -13,7 +13,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from flowers import backbones, metrics, preprocess, records, train
+from flowers.core import backbones, base_path, records
+from flowers.preprocess import pipeline as preprocess
+from flowers.train import metrics, trainer as train
 
 BACKBONE = "efficientnet_lite0"
 MAX_STEPS, EVAL_EVERY = 400, 20
@@ -161,7 +163,7 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from flowers import train
+from flowers.train import trainer as train
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 result = train.train(*sys.argv[1:4], max_steps=60, eval_every=30, verbose=False, strategy=strategy)
 print(json.dumps(result["metrics"]))
@@ -232,3 +234,29 @@ def test_bad_inputs_fail_with_one_line(message, tmp_path, capsys):
     assert code == 1
     assert err.startswith("flowers train: error: ") and message in err and "\n" not in err
     assert not (tmp_path / "out" / "model").exists()
+
+
+# -- the export ------------------------------------------------------------------------------------
+
+def test_signature_takes_bytes_and_returns_key_prediction_label_scores(exported_model):
+    fn = tf.saved_model.load(exported_model["version_path"]).signatures["serving_default"]
+    assert set(fn.structured_input_signature[1]) == {"key", "image_bytes"}
+    held = exported_model["held_out"]
+    paths = [p for c in exported_model["labels"] for p in held[c]]
+    out = fn(key=tf.constant([str(i) for i in range(len(paths))]),
+             image_bytes=tf.constant([open(p, "rb").read() for p in paths]))
+    assert out["key"].numpy().tolist() == [str(i).encode() for i in range(len(paths))]
+    scores = out["scores"].numpy()
+    assert scores.shape == (len(paths), 5)
+    np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
+    truth = [i for i, c in enumerate(exported_model["labels"]) for _ in held[c]]
+    assert np.mean(out["prediction"].numpy() == truth) >= 0.6
+    assert [lab.decode() for lab in out["label"].numpy()] == [exported_model["labels"][i]
+                                                           for i in out["prediction"].numpy()]
+
+
+def test_next_version(tmp_path):
+    assert base_path.next_version(str(tmp_path / "none")) == 1
+    for name in ("1", "7", "notes", "3"):
+        (tmp_path / name).mkdir()
+    assert base_path.next_version(str(tmp_path)) == 8

@@ -14,71 +14,17 @@ import logging
 import time
 
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
-from flowers import base_path, images, model_config, storage
+from flowers.core import base_path, images, model_config, storage
+from flowers.core.rejection import Rejection
 from flowers.serving import batching
+from flowers.serving.servable import Servable
 from flowers.serving.errors import Code, from_tf_error, invalid, not_found
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
 State = get_model_status_pb2.ModelVersionStatus.State
-
-
-@dataclasses.dataclass
-class Signature:
-    name: str
-    fn: object  # the ConcreteFunction from tf.saved_model.load(path).signatures
-    inputs: dict  # name -> tf.TensorSpec
-    outputs: dict  # name -> tf.TensorSpec
-
-    def __call__(self, inputs):
-        """Blocking model call: {name: ndarray} -> {name: ndarray}."""
-        result = self.fn(**{n: tf.constant(a, dtype=self.inputs[n].dtype) for n, a in inputs.items()})
-        return {name: t.numpy() for name, t in result.items()}
-
-
-class Servable:
-    """One loaded version of a model."""
-
-    def __init__(self, name, version, path):
-        self.name, self.version, self.path = name, version, path
-        self.loaded = tf.saved_model.load(path)  # keep it: the signatures use its variables
-        self.signatures = {
-            key: Signature(key, fn, dict(fn.structured_input_signature[1]), dict(fn.structured_outputs))
-            for key, fn in self.loaded.signatures.items()}
-        self.signature_defs = _read_signature_defs(path)
-        self.queues = {}  # batching queues, by signature and input shapes
-
-    def signature(self, name):
-        key = name or DEFAULT_SIGNATURE
-        if key not in self.signatures:
-            raise invalid(f'Serving signature name: "{key}" not found in signature def')
-        return self.signatures[key]
-
-
-def _read_signature_defs(path):
-    """SignatureDefMap as TF Serving's metadata reports it (every signature of the MetaGraph)."""
-    saved = saved_model_pb2.SavedModel()
-    saved.ParseFromString(storage.read_bytes(storage.join(path, "saved_model.pb")))
-    sig_map = get_model_metadata_pb2.SignatureDefMap()
-    for key, sig in saved.meta_graphs[0].signature_def.items():
-        sig_map.signature_def[key].CopyFrom(sig)
-    return sig_map
-
-
-def policy_versions(config, on_disk):
-    """The versions a ModelConfig's version policy asks for, given those on disk."""
-    policy = config.model_version_policy
-    choice = policy.WhichOneof("policy_choice")
-    if choice == "all":
-        return set(on_disk)
-    if choice == "specific":
-        return set(policy.specific.versions) & set(on_disk)
-    n = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions > 0 else 1
-    return set(sorted(on_disk)[-n:])
 
 
 @dataclasses.dataclass
@@ -160,7 +106,7 @@ class Manager:
             except Exception as e:  # noqa: BLE001 - e.g. gs:// unreachable: keep what is loaded
                 log.error("cannot list %s: %s", model.config.base_path, e)
                 continue
-            wanted = policy_versions(model.config, on_disk)
+            wanted = model_config.served_versions(model.config, on_disk)
             for version in sorted(wanted - set(model.servables)):
                 failed, last = model.failures.get(version, (0, 0.0))
                 if failed and (failed > self.max_load_retries
@@ -313,7 +259,7 @@ class Manager:
                 for value in arr.ravel():
                     try:
                         images.probe(value, self.max_image_pixels)
-                    except images.ImageError as e:
+                    except Rejection as e:
                         if e.reason == "too_large":  # the model itself rejects non-images
                             raise invalid(f"Input {name}: {e}") from None
         if len(sizes) > 1:

@@ -11,7 +11,7 @@ import logging
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
-from flowers import storage
+from flowers.core import storage
 
 log = logging.getLogger(__name__)
 

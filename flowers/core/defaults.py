@@ -1,0 +1,21 @@
+"""Names and defaults defined once and imported everywhere (no TensorFlow import here, so the
+pipeline compiler and light commands can use them)."""
+
+MODEL_NAME = "flowers"  # the served model's name in models.config and the clients
+BACKBONE = "efficientnet_lite2"
+
+# The lab's head and training run (flowers train, the pipeline's train step).
+HIDDEN_UNITS = 512
+DROPOUT = 0.5
+LEARNING_RATE = 0.001  # Adam
+BATCH_SIZE = 100
+MAX_STEPS = 1000
+EVAL_EVERY = 100  # steps between evaluations, TensorBoard points and checkpoints
+
+# Files a training run writes beside its model, and copies into the export's assets.extra/.
+METRICS_FILE = "metrics.json"
+EVAL_PREDICTIONS_FILE = "eval_predictions.jsonl"
+REPORT_FILE = "report.html"
+
+# Version labels in models.config.
+STABLE, PREVIOUS, CANARY = "stable", "previous", "canary"

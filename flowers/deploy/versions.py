@@ -1,0 +1,206 @@
+"""`flowers versions list|set-default N|rollback`: which model versions TF Serving serves.
+
+What `gcloud ml-engine versions set-default` did, kept in TF Serving's own `models.config`:
+- label `stable` is the default version; clients address it as /v1/models/flowers/labels/stable
+  (REST) or model_spec.version_label="stable" (gRPC);
+- label `previous` is the stable version before it, so `rollback` is a swap of the two
+  (like `kubectl rollout undo`: rolling back twice returns to where you were);
+- label `canary`, if set, is a version under trial (`flowers deploy --label canary`);
+- the version policy serves exactly the labelled versions (`specific { versions: ... }`), so the
+  stable version being replaced stays loaded (as `previous`) while TF Serving loads the new one:
+  TF Serving moves a label only to a loaded version, and does so at its next config poll.
+TF Serving answers a request that names no version or label with the highest *loaded* version:
+that is the canary, or after a rollback the version rolled back from; clients that mean "the
+default version" ask for the `stable` label.
+
+The config lives in a file (local or gs://) or in a Kubernetes ConfigMap, written as
+`configmap://NAMESPACE/NAME` (key `models.config`), the one the k8s/ manifests mount at /config.
+Both go through the same edit functions; only read/write differ.
+"""
+import argparse
+import os
+import sys
+
+from flowers.core import base_path as layout, defaults, model_config, storage
+from flowers.core.defaults import CANARY, PREVIOUS, STABLE
+from flowers.deploy.stores import CONFIGMAP_KEY, CONFIGMAP_SCHEME, DEFAULT_NAMESPACE, StoreError, open_store
+
+
+
+class VersionError(Exception):
+    """A request that cannot be carried out (unknown version, nothing to roll back to...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Edits on one model's ModelConfig: pure functions, the same for a file and a ConfigMap.
+
+def labels(model):
+    return dict(model.version_labels)
+
+
+def _serve_labelled(model):
+    versions = sorted(set(model.version_labels.values()))
+    model.model_version_policy.specific.versions[:] = versions  # also clears latest/all
+
+
+def set_label(model, label, version):
+    """Point `label` at `version`; `stable` goes through set_default."""
+    if label == STABLE:
+        return set_default(model, version)
+    model.version_labels[label] = int(version)
+    _serve_labelled(model)
+    return int(version)
+
+
+def set_default(model, version):
+    """stable -> version, previous -> the old stable; a canary promoted to stable loses its label."""
+    version = int(version)
+    old = model.version_labels.get(STABLE)
+    if old is not None and old != version:
+        model.version_labels[PREVIOUS] = old
+    model.version_labels[STABLE] = version
+    if model.version_labels.get(CANARY) == version:
+        del model.version_labels[CANARY]
+    if model.version_labels.get(PREVIOUS) == version:
+        del model.version_labels[PREVIOUS]
+    _serve_labelled(model)
+    return version
+
+
+def rollback(model):
+    """Swap stable and previous; returns the new stable version."""
+    if PREVIOUS not in model.version_labels:
+        raise VersionError(f"model {model.name!r} has no '{PREVIOUS}' label: nothing to roll back to "
+                           "(use set-default N)")
+    old, new = model.version_labels.get(STABLE), model.version_labels[PREVIOUS]
+    model.version_labels[STABLE] = new
+    if old is None:
+        del model.version_labels[PREVIOUS]
+    else:
+        model.version_labels[PREVIOUS] = old
+    _serve_labelled(model)
+    return new
+
+
+def edit_text(text, model_name, edit, base_path=None):
+    """Apply edit(model) to the model in a models.config text; returns (new_text, edit's result).
+
+    An empty or missing config, or one without the model, gets the model added with base_path.
+    """
+    config = model_config.parse(text or "")
+    try:
+        model = model_config.find(config, model_name)
+    except KeyError:
+        if base_path is None:
+            raise VersionError(f"model {model_name!r} is not in the config") from None
+        model = config.model_config_list.config.add(name=model_name, base_path=base_path,
+                                                    model_platform="tensorflow")
+    result = edit(model)
+    return model_config.to_text(config), result
+
+
+def update(store, model_name, edit, base_path=None):
+    """Read, edit one model, write back; returns edit's result."""
+    text, result = edit_text(store.read(), model_name, edit, base_path)
+    store.write(text)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Versions on disk.
+
+def disk_versions(base_path):
+    """Complete version folders under a base path (those with a saved_model.pb)."""
+    if not storage.isdir(base_path):
+        raise VersionError(f"cannot list versions: {base_path} is not a readable folder "
+                           "(pass --model_base_path as seen from this machine)")
+    return sorted(layout.scan(base_path))
+
+
+def check_exists(base_path, version):
+    if int(version) not in disk_versions(base_path):
+        raise VersionError(f"version {version} does not exist under {base_path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+def add_config_args(parser):
+    """--model_config_file PATH|configmap://NS/NAME, or --configmap NAME [--namespace NS]."""
+    parser.add_argument("--model_config_file", help="models.config: a local or gs:// path, or "
+                        f"{CONFIGMAP_SCHEME}NAMESPACE/NAME for a ConfigMap (key {CONFIGMAP_KEY})")
+    parser.add_argument("--configmap", help="ConfigMap holding models.config (e.g. flowers-models)")
+    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="the ConfigMap's namespace")
+    parser.add_argument("--model_name", default=defaults.MODEL_NAME)
+
+
+def config_location(args, default=None):
+    if args.model_config_file and args.configmap:
+        raise VersionError("give --model_config_file or --configmap, not both")
+    if args.configmap:
+        return f"{CONFIGMAP_SCHEME}{args.namespace}/{args.configmap}"
+    if args.model_config_file or default:
+        return args.model_config_file or default
+    raise VersionError("say where models.config is: --model_config_file PATH or --configmap NAME")
+
+
+def _base_path(args, model):
+    return args.model_base_path or model.base_path
+
+
+def _list(args, store):
+    text = store.read()
+    if text is None:
+        raise VersionError(f"{store} does not exist")
+    model = model_config.find(model_config.parse(text), args.model_name)
+    base = _base_path(args, model)
+    by_version = {}
+    for label, version in sorted(labels(model).items()):
+        by_version.setdefault(version, []).append(label)
+    disk = disk_versions(base)
+    loaded = model_config.served_versions(model, disk)
+    print(f"model {model.name}  base path {base}  config {store}")
+    print(f"{'version':>8}  {'served':6}  labels")
+    for v in sorted(set(disk) | set(by_version)):
+        missing = "" if v in disk else "  (missing on disk!)"
+        print(f"{v:>8}  {'yes' if v in loaded else 'no':6}  {','.join(by_version.get(v, []))}{missing}")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="flowers versions", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True)
+    for name, help_ in (("list", "versions on disk and their labels"),
+                        ("set-default", "point the stable label at version N"),
+                        ("rollback", "swap stable and previous")):
+        p = sub.add_parser(name, help=help_)
+        if name == "set-default":
+            p.add_argument("version", type=int)
+        add_config_args(p)
+        p.add_argument("--model_base_path", help="where the versions are, as seen from this machine "
+                       "(default: the model's base_path in the config)")
+    args = parser.parse_args(argv)
+    try:
+        store = open_store(config_location(args))
+        if args.action == "list":
+            return _list(args, store)
+        if args.action == "set-default":
+            def edit(model):
+                check_exists(_base_path(args, model), args.version)
+                return set_default(model, args.version)
+        else:
+            def edit(model):
+                version = rollback(model)
+                check_exists(_base_path(args, model), version)
+                return version
+        version = update(store, args.model_name, edit)
+        print(f"{args.model_name}: stable -> version {version} ({store})")
+        return 0
+    except (VersionError, StoreError, KeyError) as e:
+        print(f"flowers versions: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The backbone registry and the EfficientNet-Lite port, checked on real photos."""
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flowers.core import backbones, images
+from flowers.core.backbones import efficientnet_lite, torch_pickle
+
+DAISY = 985
+N_DAISY = 100
+
+
+@pytest.mark.parametrize("name,min_rate", [("efficientnet_lite0", 0.9), ("efficientnet_lite2", 0.9)])
+def test_port_puts_daisy_in_the_top5_of_daisy_photos(photos, name, min_rate):
+    spec = backbones.get(name)
+    model = backbones.load(name, include_top=True)
+    x = np.stack([images.load_image(open(p, "rb").read(), spec.image_size) for p in photos["daisy"][:N_DAISY]])
+    logits = model.predict(x, batch_size=25, verbose=0)
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    rate = float(np.mean([DAISY in row for row in top5]))
+    print(f"{name}: daisy in top-5 for {rate:.1%} of {len(x)} daisy photos")
+    assert rate >= min_rate
+    assert backbones.imagenet_class_names()[DAISY] == "daisy"
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_embedding_model_matches_registry(name):
+    spec = backbones.get(name)
+    model = backbones.load(name)
+    assert model.input_shape == (None, spec.image_size, spec.image_size, 3)
+    assert model.output_shape == (None, spec.embedding_size)
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown backbone 'resnet9'"):
+        backbones.get("resnet9")
+
+
+@pytest.mark.parametrize("name", ["inception_v3", "mobilenet_v2"])
+def test_keras_application_without_weights_fails_clearly(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached weights
+    with pytest.raises(RuntimeError, match=r"--weights PATH"):
+        backbones.load(name, weights=str(tmp_path / "missing.h5"))
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        for obj in (torch_pickle.MAGIC_NUMBER, 1001, {}):
+            pickle.dump(obj, f, protocol=2)
+        pickle.dump(Evil(), f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load global (__builtin__|builtins)\.print"):
+        torch_pickle.load_state_dict(path)
+
+
+def test_state_dict_reads_every_tensor():
+    sd = torch_pickle.load_state_dict(efficientnet_lite.weights_path("efficientnet_lite0"))
+    assert sd["_fc.weight"].shape == (1000, 1280) and sd["_fc.weight"].dtype == np.float32
+    assert np.isfinite(sd["_conv_stem.weight"]).all()
+
+
+def test_classify_cli_json(photos):
+    paths = photos["daisy"][:2]
+    out = subprocess.run([sys.executable, "-m", "flowers", "backbone", "classify", "--json",
+                          "--backbone", "efficientnet_lite0", *paths],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["image"] for r in rows] == paths
+    for row in rows:
+        assert len(row["top5"]) == 5 and set(row["top5"][0]) == {"class_id", "name", "score"}
+    assert any(t["class_id"] == DAISY and t["name"] == "daisy" for r in rows for t in r["top5"])
