@@ -124,6 +124,14 @@ def test_finished_run_does_no_more_training(resumed, embedded):
     assert result["metrics"]["history"] == resumed["metrics"]["history"]
 
 
+def test_a_backup_of_another_head_is_refused_in_one_line(resumed, embedded, capsys):
+    code = train.main(["--train_data_paths", embedded["train"], "--eval_data_paths", embedded["eval"],
+                       "--output_path", str(resumed["output"]), "--hidden_units", "16"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err
+    assert err.startswith("flowers train: error: ") and "does not fit this head" in err
+
+
 def test_metrics_json_and_its_copy_in_the_export(resumed, embedded):
     m, labels = resumed["metrics"], embedded["labels"]
     assert m["backbone"] == BACKBONE and (m["n_train"], m["n_eval"]) == (embedded["n_train"], embedded["n_eval"])
