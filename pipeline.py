@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import pathlib
+import re
 import sys
 import warnings
 
@@ -21,6 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parent
 GPU_NODE_LABEL = "cloud.google.com/gke-accelerator"
 DEFAULT_GPU = os.environ.get("FLOWERS_GPU_TYPE", "nvidia-tesla-t4")
 CSV_PARAMS = ("train_csv", "eval_csv", "dict_path")
+ANSI_COLOR = r"\x1b\[[0-9;]*m"  # kfp.local colours its messages
 
 
 class UsageError(Exception):
@@ -74,7 +76,7 @@ def build_pipeline(use_gpu=True, gpu_type=DEFAULT_GPU, gpu_count=1):
             dropout: Dropout rate before the head's output layer.
             hidden_units: Units of the head's hidden layer.
             accuracy_threshold: Least eval accuracy a model needs to be deployed (it must also be no
-                worse than the version the label serves now).
+                worse than the version the stable label serves now).
             model_name: The served model's name in models.config.
             label: The version label the deployed model gets (stable, or canary for a trial).
         """
@@ -94,7 +96,7 @@ def build_pipeline(use_gpu=True, gpu_type=DEFAULT_GPU, gpu_count=1):
             kubernetes.add_toleration(trained, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
         gate = components.evaluate(model=trained.outputs["model"], accuracy_threshold=accuracy_threshold,
                                    model_base_path=model_base_path, model_config_file=model_config_file,
-                                   model_name=model_name, label=label)
+                                   model_name=model_name)
         gate.set_display_name("Evaluate (gate)").set_caching_options(False)
         # A refused model shows as a skipped deploy step (KFP UI and kfp.local alike).
         with dsl.If(gate.outputs["Output"] == "deploy", name="gate-passed"):
@@ -149,6 +151,12 @@ def run_local(data_dir, workdir, enable_caching=True, **params):
 
     if not os.path.isdir(data_dir):
         raise UsageError(f"--data {data_dir}: not a folder (expected a folder of photos per class)")
+    from flowers.data import importer
+
+    try:  # what the import step will do, before any step runs
+        importer.scan_tree(str(data_dir))
+    except (ValueError, OSError) as e:
+        raise UsageError(f"--data {e}") from None
     workdir = pathlib.Path(workdir).resolve()
     serving = workdir / "serving"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline_root"),
@@ -221,7 +229,7 @@ def main(argv=None):
                                       eval_fraction=args.eval_fraction, accuracy_threshold=args.accuracy_threshold,
                                       enable_caching=not args.no_cache)
             except RuntimeError as e:  # kfp.local: a step failed; its log is above
-                raise UsageError(f"the local run failed: {e}") from None
+                raise UsageError(f"the local run failed: {re.sub(ANSI_COLOR, '', str(e))}") from None
             print(f"\nmodel versions: {params['model_base_path']}\nmodels.config: {params['model_config_file']}\n"
                   f"serve it:  flowers serve --model_config_file {params['model_config_file']} "
                   "--port 8500 --rest_api_port 8501")

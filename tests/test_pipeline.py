@@ -185,6 +185,16 @@ def test_cli_refuses_bad_input_in_one_line(args, message):
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
 
 
+def test_run_local_refuses_a_folder_without_class_folders_before_any_step(tmp_path):
+    (tmp_path / "photos" / "daisy").mkdir(parents=True)  # a class folder with no images
+    result = pipeline_cli("run", "--local", "--data", str(tmp_path / "photos"), "--workdir", str(tmp_path / "w"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
+    # The one line (after TensorFlow's start-up notices), and no step ran.
+    assert result.stderr.splitlines()[-1] == \
+        f"pipeline.py run: error: --data {tmp_path / 'photos'}: no class folders with images"
+    assert not (tmp_path / "w").exists()
+
+
 def test_submit_to_an_unreachable_host_is_one_line(tmp_path):
     port = testing.free_port()  # nothing listens there
     result = pipeline_cli("submit", "--host", f"http://127.0.0.1:{port}", "--param", "model_base_path=gs://b/m",

@@ -75,7 +75,7 @@ def train(train_records: Input[Dataset], eval_records: Input[Dataset], max_steps
 
 @dsl.component(base_image=containers.image("train"), install_kfp_package=False)
 def evaluate(model: Input[Model], accuracy_threshold: float, model_base_path: str, model_config_file: str,
-             model_name: str, label: str, metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
+             model_name: str, metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
              gate_report: Output[Markdown]) -> str:
     """Eval metrics into the KFP UI, and the deploy gate: returns "deploy" or "skip" (one output,
     so that dsl.If can branch on it, under kfp.local too); the reason goes to the log and gate_report."""
@@ -90,7 +90,7 @@ def evaluate(model: Input[Model], accuracy_threshold: float, model_base_path: st
     cm = m["confusion_matrix"]
     confusion.log_confusion_matrix(cm["labels"], cm["matrix"])
     ok, reason = gate.check(m["accuracy"], accuracy_threshold, model_config_file, model_base_path,
-                            model_name, label)
+                            model_name)  # always against stable, whichever label deploy moves
     decision = "deploy" if ok else "skip"
     print(f"gate: {decision}: {reason}")
     storage.write_text(gate_report.path, f"## Deploy gate: {decision}\n\n{reason}\n")
