@@ -1,15 +1,14 @@
 """The Kubeflow pipeline's steps as lightweight Python components.
 
-Each runs in its step's image (flowers.containers), or in this Python under
+Each runs in its step's image (flowers.core.containers), or in this Python under
 kfp.local.SubprocessRunner. Bodies import inside themselves (kfp ships only the
-function's source) and stay thin: the work is in the flowers package.
+function's source) and stay thin: the work is in the flowers package. A records Dataset holds
+PREFIX=<path>/part: part-*.tfrecord.gz + part.metadata.json.
 """
 from kfp import dsl
 from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from flowers.core import containers
-
-RECORDS = "part"  # Dataset artifacts hold PREFIX=<path>/part: part-*.tfrecord.gz + part.metadata.json
 
 
 @dsl.component(base_image=containers.image("preprocess"), install_kfp_package=False)
