@@ -48,6 +48,7 @@ def test_steps_pass_typed_artifacts_and_deploy_is_gated(tmp_path):
     evaluate = comps["comp-evaluate"]["outputDefinitions"]["artifacts"]
     assert evaluate["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
     assert evaluate["confusion"]["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
+    assert evaluate["report"]["artifactType"]["schemaTitle"] == "system.HTML"
     tasks = spec["root"]["dag"]["tasks"]
     decision = tasks["deploy"]["inputs"]["parameters"]["decision"]["taskOutputParameter"]
     assert decision == {"producerTask": "evaluate", "outputParameterKey": "decision"}

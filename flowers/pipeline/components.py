@@ -7,7 +7,7 @@ function's source) and stay thin: the work is in the flowers package.
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from flowers.core import containers
 
@@ -75,20 +75,22 @@ def train(train_records: Input[Dataset], eval_records: Input[Dataset], max_steps
 
 @dsl.component(base_image=containers.image("train"), install_kfp_package=False)
 def evaluate(model: Input[Model], accuracy_threshold: float, model_config_file: str, model_name: str,
-             metrics: Output[Metrics], confusion: Output[ClassificationMetrics]
+             metrics: Output[Metrics], confusion: Output[ClassificationMetrics], report: Output[HTML]
              ) -> NamedTuple("GateOutputs", decision=str, reason=str):
-    """Eval metrics into the KFP UI, and the deploy gate's decision with its reason."""
+    """Eval metrics (per class too) and the report into the KFP UI, and the deploy gate's decision."""
     import json
     from typing import NamedTuple
 
     from flowers.core import storage
     from flowers.deploy import gate
+    from flowers.train import report as evaluation_report
 
     m = json.loads(storage.read_text(storage.join(model.path, "metrics.json")))
     for key in ("accuracy", "loss", "train_accuracy", "train_loss", "steps"):
         metrics.log_metric(key, float(m[key]))
     cm = m["confusion_matrix"]
     confusion.log_confusion_matrix(cm["labels"], cm["matrix"])
+    evaluation_report.log_to_kfp(model.path, metrics, report)
     stable_version, stable_acc = gate.stable_accuracy(model_config_file, model_name)
     ok, reason = gate.decide(m["accuracy"], accuracy_threshold, stable_version, stable_acc)
     print(("deploying: " if ok else "not deploying: ") + reason)

@@ -26,7 +26,7 @@ from tensorflow.core.framework import summary_pb2
 
 from flowers.core import backbones, defaults, records, storage
 from flowers.core.defaults import BATCH_SIZE, DROPOUT, EVAL_EVERY, HIDDEN_UNITS, LEARNING_RATE, MAX_STEPS
-from flowers.train import export, metrics
+from flowers.train import export, metrics, report
 
 # Hyper-parameters: the lab's defaults (BATCH_SIZE, DROPOUT, ... above, from flowers.core.defaults).
 SEED = 0
@@ -268,6 +268,7 @@ def train(train_data_paths, eval_data_paths, output_path, max_steps=MAX_STEPS, b
     text = json.dumps(result, indent=2) + "\n"
     storage.write_text(storage.join(output_path, defaults.METRICS_FILE), text)
     storage.write_text(storage.join(export_path, "assets.extra", defaults.METRICS_FILE), text)
+    report.write_report(output_path)
     log(f"eval accuracy {result['accuracy']:.4f}, train accuracy {result['train_accuracy']:.4f}, "
         f"{step} steps, {result['wall_time_s']} s -> {export_path}")
     return {"metrics": result, "export_path": export_path, "version": version}
