@@ -22,7 +22,7 @@ def read_config(path, model_name):
         return {"file": path, "error": str(e).splitlines()[0] if str(e) else type(e).__name__}
     policy = text_format.MessageToString(model.model_version_policy, as_one_line=True)
     return {"file": path, "base_path": model.base_path, "policy": policy or "latest { num_versions: 1 } (default)",
-            "labels": dict(model.version_labels), "_model": model}
+            "labels": dict(sorted(model.version_labels.items(), key=lambda kv: (kv[1], kv[0]))), "_model": model}
 
 
 def version_folders(config):

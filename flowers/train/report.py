@@ -93,7 +93,8 @@ def confusion_png(confusion):
         ImageDraw.Draw(column).text((margin - 8, CELL / 2), label, fill="black", font=font, anchor="rm")
         column = column.rotate(-90, expand=True)  # reads top to bottom above its column
         image.paste(column, (margin + k * CELL, 0), column)
-    draw.text((4, 4), "true \u2193 / predicted \u2192", fill="gray", font=font)
+    draw.text((4, 4), "rows: true", fill="gray", font=font)
+    draw.text((4, 20), "columns: predicted", fill="gray", font=font)
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()
