@@ -164,13 +164,17 @@ def test_kfp_metrics_per_class_and_html_artifact(stack, tmp_path):
 
 def test_try_it_labels_a_real_photo_and_shows_the_canary_beside_it(page, stack, tmp_path):
     photo, label = right_photo(stack)
+    other = next(right_photo(stack, c) for c in {r["predicted"] for r in stack["rows"]} - {label}
+                 if any(r["predicted"] == c and c in r["labels"] for r in stack["rows"]))
     page.goto(stack["console"] + "/#try")
     assert page.locator("#target").input_value() == "label:stable"
-    page.set_input_files("#photos", photo)
+    page.set_input_files("#photos", [photo, other[0]])
     assert page.get_by_test_id("top-label").inner_text() == label
-    headings = page.locator(".result h3").all_inner_texts()
+    assert page.get_by_test_id("top-label").count() == 1
+    headings = page.locator(".result").first.locator("h3").all_inner_texts()
     assert headings == ["stable (version 1)", "canary (version 2)"]
-    assert page.locator(".result .bar").count() == 10  # top 5 per column
+    assert page.locator(".result").count() == 2 and page.locator(".result .bar").count() == 20  # top 5 per column
+    assert page.locator(".result").nth(1).locator(".bar .label").first.inner_text() == other[1]
     page.screenshot(path=str(tmp_path / "try.png"), full_page=True)
 
 
@@ -253,6 +257,21 @@ def test_only_listed_eval_photos_are_served(stack, path):
     assert e.value.code in (403, 404)
     with urllib.request.urlopen(stack["console"] + "/api/eval/1/photos/0", timeout=30) as ok:
         assert ok.headers["Content-Type"] == "image/jpeg"
+
+
+@pytest.mark.parametrize("query,body,content_type,message", [
+    ("", b'{"instances": []}', "application/json", "multipart/form-data"),
+    ("", b"--x--\r\n", "multipart/form-data", "boundary"),
+    ("?target=bogus", b"--x\r\nContent-Disposition: form-data; name=photos; filename=a.jpg\r\n\r\nx\r\n--x--\r\n",
+     "multipart/form-data; boundary=x", "unknown target"),
+    ("", b"--x--\r\n", "multipart/form-data; boundary=x", "no photos"),
+])
+def test_malformed_uploads_get_a_400_with_the_reason(stack, query, body, content_type, message):
+    request = urllib.request.Request(stack["console"] + "/api/predict" + query, data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request, timeout=60)
+    assert e.value.code == 400 and message in json.loads(e.value.read())["error"]
 
 
 def test_an_unreachable_server_is_reported_not_a_crash(stack):

@@ -113,6 +113,8 @@ def _parse_target(text):
 
 async def _read_uploads(request):
     """[(filename, bytes or None, error or None)] from a multipart form, each photo size-capped."""
+    if request.content_type != "multipart/form-data":
+        raise ValueError("send the photos as multipart/form-data (form field 'photos')")
     reader = await request.multipart()
     uploads = []
     while (part := await reader.next()) is not None:
