@@ -74,7 +74,7 @@ def confusion_png(confusion):
     font = ImageFont.load_default(13)
     margin = max((font.getbbox(label)[2] for label in labels), default=0) + 16
     n = len(labels)
-    width, height = margin + n * CELL + 8, margin + n * CELL + 8
+    width, height = margin + max(n * CELL, 240) + 8, margin + n * CELL + 28
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     for i, row in enumerate(matrix):
@@ -93,8 +93,7 @@ def confusion_png(confusion):
         ImageDraw.Draw(column).text((margin - 8, CELL / 2), label, fill="black", font=font, anchor="rm")
         column = column.rotate(-90, expand=True)  # reads top to bottom above its column
         image.paste(column, (margin + k * CELL, 0), column)
-    draw.text((4, 4), "rows: true", fill="gray", font=font)
-    draw.text((4, 20), "columns: predicted", fill="gray", font=font)
+    draw.text((margin, height - 20), "rows: true label, columns: predicted", fill="gray", font=font)
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()
