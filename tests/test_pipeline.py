@@ -75,7 +75,8 @@ def test_steps_pass_typed_artifacts_and_deploy_runs_only_if_the_gate_passed(tmp_
         "schemaTitle"] == "system.Model"
     evaluate = comps["comp-evaluate"]["outputDefinitions"]
     assert {k: v["artifactType"]["schemaTitle"] for k, v in evaluate["artifacts"].items()} == {
-        "metrics": "system.Metrics", "confusion": "system.ClassificationMetrics", "gate_report": "system.Markdown"}
+        "metrics": "system.Metrics", "confusion": "system.ClassificationMetrics", "gate_report": "system.Markdown",
+        "report": "system.HTML"}
     assert list(evaluate["parameters"]) == ["Output"]  # one output: what kfp.local's dsl.If resolves
 
     tasks = spec["root"]["dag"]["tasks"]

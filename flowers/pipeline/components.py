@@ -6,7 +6,7 @@ function's source) and stay thin: the work is in the flowers package. A records 
 PREFIX=<path>/part: part-*.tfrecord.gz + part.metadata.json.
 """
 from kfp import dsl
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from flowers.core import containers
 
@@ -75,19 +75,21 @@ def train(train_records: Input[Dataset], eval_records: Input[Dataset], max_steps
 @dsl.component(base_image=containers.image("train"), install_kfp_package=False)
 def evaluate(model: Input[Model], accuracy_threshold: float, model_base_path: str, model_config_file: str,
              model_name: str, metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
-             gate_report: Output[Markdown]) -> str:
-    """Eval metrics into the KFP UI, and the deploy gate: returns "deploy" or "skip" (one output,
+             gate_report: Output[Markdown], report: Output[HTML]) -> str:
+    """Eval metrics (per class too) and the report into the KFP UI, and the deploy gate: returns "deploy" or "skip" (one output,
     so that dsl.If can branch on it, under kfp.local too); the reason goes to the log and gate_report."""
     import json
 
     from flowers.core import storage
     from flowers.deploy import gate
+    from flowers.train import report as evaluation_report
 
     m = json.loads(storage.read_text(storage.join(model.path, "metrics.json")))
     for key in ("accuracy", "loss", "train_accuracy", "train_loss", "steps"):
         metrics.log_metric(key, float(m[key]))
     cm = m["confusion_matrix"]
     confusion.log_confusion_matrix(cm["labels"], cm["matrix"])
+    evaluation_report.log_to_kfp(model.path, metrics, report)
     ok, reason = gate.check(m["accuracy"], accuracy_threshold, model_config_file, model_base_path,
                             model_name)  # always against stable, whichever label deploy moves
     decision = "deploy" if ok else "skip"

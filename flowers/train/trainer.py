@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from flowers.core import defaults, storage
-from flowers.train import export, inputs, metrics
+from flowers.train import export, inputs, metrics, report
 from flowers.train.head import (BATCH_SIZE, DROPOUT, EVAL_EVERY, HIDDEN_UNITS, LEARNING_RATE, MAX_STEPS, SEED,
                                 build_head, compile_head)
 from flowers.train.inputs import TrainError
@@ -192,6 +192,9 @@ def train(train_data_paths, eval_data_paths, output_path, max_steps=MAX_STEPS, b
     for name, text in files.items():
         storage.write_text(storage.join(output_path, name), text)
         storage.write_text(storage.join(export_path, "assets.extra", name), text)
+    report.write_report(output_path)  # report.html + confusion_matrix.png from the files above
+    storage.gfile.copy(storage.join(output_path, defaults.REPORT_FILE),
+                       storage.join(export_path, "assets.extra", defaults.REPORT_FILE), overwrite=True)
     log(f"eval accuracy {result['accuracy']:.4f}, train accuracy {result['train_accuracy']:.4f}, "
         f"{step} steps, {result['wall_time_s']} s -> {export_path}")
     log(f"next: flowers deploy --model_dir {storage.join(output_path, 'model')} --model_base_path BASE_PATH")
