@@ -76,7 +76,7 @@ def read_inputs(pattern, role):
     prefix = records.prefix_of(pattern)
     try:
         metadata = records.read_metadata(prefix)
-    except (tf.errors.NotFoundError, json.JSONDecodeError) as e:
+    except (OSError, tf.errors.NotFoundError, json.JSONDecodeError) as e:
         raise TrainError(f"cannot read {role} metadata {records.metadata_path(prefix)}: "
                          f"{str(e).splitlines()[0]}") from None
     labels = metadata.get("labels")
