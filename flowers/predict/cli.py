@@ -79,14 +79,16 @@ def default_label(api, args):
     if args.label or args.version is not None:
         return args.label
     try:
-        api.status(args.model, label=defaults.STABLE)
-        return defaults.STABLE
+        status = api.status(args.model, label=defaults.STABLE)
     except client.ServingError as e:
         if e.status == "UNAVAILABLE":  # gRPC: nothing listening
             raise OSError(e.message) from None
         print(f"note: {args.model} has no '{defaults.STABLE}' label on the server: "
               "its highest loaded version answers", file=sys.stderr)
         return None
+    states = status.get("model_version_status") or status.get("modelVersionStatus") or [{}]  # REST, gRPC
+    print(f"{args.model}: {defaults.STABLE} -> version {states[0].get('version', '?')}", file=sys.stderr)
+    return defaults.STABLE
 
 
 def read_images(paths, keys):
