@@ -168,3 +168,18 @@ def test_batch_predict_version_choice(tmp_path):
         with pytest.raises(batch_predict.ModelDirError, match=message):
             resolve(str(base), **kwargs)
     assert base_path.scan(str(base)).keys() == {1, 2, 3}
+
+
+def test_batch_predict_runs_on_dataflow_with_cloud_and_rejects_unknown_flags(capsys):
+    common = ["--input_path", "gs://b/eval.csv", "--output_path", "gs://b/out/p", "--model_dir", "gs://b/models/flowers"]
+    args = batch_predict.parse_args([*common, "--cloud", "--project", "p", "--region", "europe-west1",
+                                     "--temp_location", "gs://b/tmp", "--max_num_workers", "3"])
+    opts = args.options.get_all_options()
+    assert opts["runner"] == "DataflowRunner" and opts["max_num_workers"] == 3
+    assert opts["sdk_container_image"].startswith("europe-west1-docker.pkg.dev/p/flowers/preprocess:")
+    assert batch_predict.parse_args(common).options.get_all_options()["runner"] == "FnApiRunner"
+    for wrong in (["--labl", "stable"], ["--cloud"], ["--runner=DataflowRunner", "--max_num_wokers=2"]):
+        with pytest.raises(SystemExit):
+            batch_predict.parse_args([*common, *wrong])
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and ("unrecognized" in err or "--cloud needs" in err), err
