@@ -97,6 +97,12 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
         return importlib.util.find_spec("tensorflow")  # already in sys.modules: a no-op load
 
 
+def _not_from_beam(record):
+    # e.g. "Resource module is not available..." on every RunInference model load; Beam's real
+    # failures surface as exceptions.
+    return not (record.name == "root" and f"{os.sep}apache_beam{os.sep}" in record.pathname)
+
+
 def setup_logging(verbose=False):
     """Before TensorFlow, Beam or absl are imported: quiet unless verbose."""
     if verbose:
@@ -105,6 +111,8 @@ def setup_logging(verbose=False):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # also hides "failed call to cuInit" on CPU hosts
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # Beam logs its notes on the root logger
+        handler.addFilter(_not_from_beam)
     for name in ("tensorflow", "absl", "apache_beam", "h5py", "kfp"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
