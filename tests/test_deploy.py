@@ -119,7 +119,7 @@ def test_versions_cli_lists_and_refuses_what_cannot_be_done(exported_model, serv
 
     assert versions.main(["list", "--model_config_file", config]) == 0
     out = capsys.readouterr().out.splitlines()
-    rows = {line.split()[0]: line.split()[1:] for line in out[2:]}
+    rows = {line.split()[0]: [line.split()[1], line.split()[-1]] for line in out[2:]}  # version: served, labels
     assert rows == {"1": ["yes", "stable"], "2": ["yes", "canary"]}
 
     before = pathlib.Path(config).read_text()

@@ -365,3 +365,23 @@ def test_console_reaches_the_server_and_reads_its_live_config(console_rendered, 
     else:
         assert container["image"] == f"REGION-docker.pkg.dev/PROJECT/flowers/console:{flowers.__version__}"
         assert one(docs, "ServiceAccount")["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+
+
+def test_project_settings_flow_in_through_replacements_not_sed(tmp_path):
+    """A user's bucket and service account in k8s/base/gcp.env reach models.config and the
+    ServiceAccount in every GKE render; the settings ConfigMap itself is never applied."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    (copy / "base" / "gcp.env").write_text("model_base_path=gs://my-bucket/models/flowers\n"
+                                           "gcp_service_account=flowers-serve@my-proj.iam.gserviceaccount.com\n")
+    for name in ("base", "overlays/gpu"):
+        run = subprocess.run([shutil.which("kubectl"), "kustomize", str(copy / name)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        docs = [doc for doc in yaml.safe_load_all(run.stdout) if doc]
+        models = model_config.parse(config_maps(docs)["flowers-models"]["data"]["models.config"])
+        assert model_config.find(models, "flowers").base_path == "gs://my-bucket/models/flowers", name
+        annotations = one(docs, "ServiceAccount")["metadata"]["annotations"]
+        assert annotations["iam.gke.io/gcp-service-account"] == "flowers-serve@my-proj.iam.gserviceaccount.com"
+        assert "flowers-gcp" not in config_maps(docs)
+    readme = (K8S.parent / "README.md").read_text()
+    assert "| sed" not in readme and "kustomize edit set image" in readme

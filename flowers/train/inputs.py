@@ -38,7 +38,7 @@ def _read_metadata(prefix, role):
     path = records.metadata_path(prefix)
     try:
         metadata = records.read_metadata(prefix)
-    except (tf.errors.NotFoundError, json.JSONDecodeError) as e:
+    except (OSError, tf.errors.NotFoundError, json.JSONDecodeError) as e:  # local, gs://
         raise TrainError(f"cannot read {role} metadata {path}: {str(e).splitlines()[0]}") from None
     if not metadata.get("labels") or not isinstance(metadata["labels"], list):
         raise TrainError(f"{role} metadata {path} has no labels")
