@@ -9,7 +9,8 @@ testdata/saved_model_half_plus_two.py), written by the contract tests:
                      `scalar` (x: float [] -> y), for shapes and scalar columnar inputs.
   bad_warmup         half_plus_two whose warmup file names a signature it lacks (fails to load).
 
-To run the contract suite against a real TF Serving, write them and serve the config:
+To run the contract suite against a real TF Serving, write them and serve the config (with
+--enable_model_warmup) beside the flowers model, e.g. in the same server:
     python -m tests.tf_serving_models OUT_DIR    # writes OUT_DIR/<model>/1/ and OUT_DIR/models.config
 """
 import os
@@ -87,13 +88,17 @@ def write_tf2(path):
     return path
 
 
-def write_all(folder):
-    """Every model as folder/<name>/1/, and folder/models.config serving them; -> config path."""
+def write_all(folder, bad_warmup=False):
+    """Every model as folder/<name>/1/, and folder/models.config serving them; -> config path.
+    bad_warmup: add BAD_WARMUP (TF Serving refuses to start when a model fails to load at start)."""
     write_tf1(os.path.join(folder, TF1, "1"))
     write_tf2(os.path.join(folder, TF2, "1"))
-    write_tf1(os.path.join(folder, BAD_WARMUP, "1"), warmup_signature="no_such_signature")
+    names = [TF2]
+    if bad_warmup:
+        write_tf1(os.path.join(folder, BAD_WARMUP, "1"), warmup_signature="no_such_signature")
+        names.append(BAD_WARMUP)
     config = model_config.single_model(TF1, os.path.abspath(os.path.join(folder, TF1)))
-    for name in (TF2, BAD_WARMUP):
+    for name in names:
         model = config.model_config_list.config.add(name=name, model_platform="tensorflow")
         model.base_path = os.path.abspath(os.path.join(folder, name))
     path = os.path.join(folder, "models.config")

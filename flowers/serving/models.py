@@ -147,7 +147,11 @@ class Manager:
         before they ran, as in TF Serving)."""
         servable = Servable(name, version, path)
         if self.warmup:
-            count = warmup.replay(servable)
+            try:
+                count = warmup.replay(servable)
+            except Exception as e:
+                servable.close()
+                raise ValueError(f"warmup failed: {e}") from e
             if count:
                 log.info("%s version %d: replayed %d warmup requests", name, version, count)
         return servable

@@ -15,12 +15,10 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
 
-from flowers.core import backbones, base_path as layout, images, storage
-from flowers.serving import warmup
+from flowers.core import backbones, base_path as layout, defaults, images, storage
+from flowers.serving import inference, warmup
 
-CLASSIFY_SIGNATURE = "classify"
-CLASSIFY_METHOD = "tensorflow/serving/classify"  # TF Serving's Classify API requires it
-IMAGE_FEATURE = "image_bytes"  # the tf.Example feature the classify signature reads
+CLASSIFY_SIGNATURE, IMAGE_FEATURE = defaults.CLASSIFY_SIGNATURE, defaults.IMAGE_FEATURE
 # containers/serve/batching.config allowed_batch_sizes (a test checks they agree).
 WARMUP_BATCH_SIZES = (1, 2, 4, 8, 16)
 WARMUP_IMAGE_SIZE = (240, 320)  # a typical photo's height, width
@@ -71,7 +69,7 @@ def export(head, backbone_name, labels, base_path, version=None, backbone_model=
     archive.add_endpoint(CLASSIFY_SIGNATURE, classify_fn(serve, len(labels), list(labels)),
                          input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     archive.write_out(path, verbose=False)
-    _set_method_name(path, CLASSIFY_SIGNATURE, CLASSIFY_METHOD)
+    _set_method_name(path, CLASSIFY_SIGNATURE, inference.CLASSIFY)
     warmup.write(path, warmup_logs())
     return path
 
