@@ -230,8 +230,7 @@ def hot_load(version_path, photos, batching_config, warmup, loads, steady_reques
 def report_hot_load(args, version_path, photos):
     if args.hot_loads <= 0:
         return True
-    print(f"
-first request after a hot load (REST, batch 1, {args.hot_loads} new versions per mode, "
+    print(f"\nfirst request after a hot load (REST, batch 1, {args.hot_loads} new versions per mode, "
           f"{pathlib.Path(args.batching_config).name})")
     print(f"  {'mode':16} {'steady p50 ms':>14} {'first ms (each)':>28} {'worst / p50':>12}")
     ok = True
