@@ -8,7 +8,7 @@ strings and {"b64": ...} -> bytes_list. Answers are {"results": [[[label, score]
 """
 import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
-from tensorflow_serving.apis import input_pb2
+from tensorflow_serving.apis import classification_pb2, input_pb2
 
 from flowers.serving import json_tensor
 from flowers.serving.errors import invalid
@@ -68,9 +68,8 @@ def _number(value):
     return json_tensor.float32_json(np.float32(value))
 
 
-def classification_json(result):
-    return {"results": [[[c.label, _number(c.score)] for c in row.classes] for row in result.classifications]}
-
-
-def regression_json(result):
+def to_json(result):
+    """ClassificationResult or RegressionResult -> TF Serving's REST answer."""
+    if isinstance(result, classification_pb2.ClassificationResult):
+        return {"results": [[[c.label, _number(c.score)] for c in row.classes] for row in result.classifications]}
     return {"results": [_number(r.value) for r in result.regressions]}

@@ -97,13 +97,10 @@ class RestApi:
             inputs, fmt = json_tensor.to_arrays(doc, signature.inputs)
             outputs = await self._deadline(self.manager.predict(servable, signature, inputs))
             return json_tensor.to_json(outputs, fmt)
-        examples = json_examples.to_input(doc)
-        if method == "classify":
-            result = await self._deadline(inference.run(self.manager, servable, signature, inference.CLASSIFY,
-                                                        examples))
-            return json_examples.classification_json(result)
-        result = await self._deadline(inference.run(self.manager, servable, signature, inference.REGRESS, examples))
-        return json_examples.regression_json(result)
+        method = inference.CLASSIFY if method == "classify" else inference.REGRESS
+        result = await self._deadline(inference.run(self.manager, servable, signature, method,
+                                                    json_examples.to_input(doc)))
+        return json_examples.to_json(result)
 
     async def _deadline(self, work):
         try:
