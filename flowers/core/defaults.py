@@ -26,3 +26,8 @@ REPORT_FILE = "report.html"
 
 # Version labels in models.config.
 STABLE, PREVIOUS, CANARY = "stable", "previous", "canary"
+
+# The export's second signature (TF Serving's Classify API): serialized tf.Examples whose
+# IMAGE_FEATURE holds the image bytes -> [label, score] pairs.
+CLASSIFY_SIGNATURE = "classify"
+IMAGE_FEATURE = "image_bytes"
