@@ -17,6 +17,7 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+CHUNK = 200  # examples per hypothesis run; runs repeat until the time or example budget is spent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
@@ -25,11 +26,9 @@ def run_property(name, strategy, prop, seconds, max_examples):
 
     outcomes, failures, deadline = collections.Counter(), [], time.monotonic() + seconds
 
-    @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=CHUNK, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(strategy)
     def run(args):
-        if time.monotonic() > deadline:
-            return
         try:
             outcomes[prop(*args)] += 1
         except Exception as e:  # noqa: BLE001 - a failing case is what we count
@@ -37,13 +36,15 @@ def run_property(name, strategy, prop, seconds, max_examples):
             outcomes["FAILED"] += 1
 
     started = time.monotonic()
-    run()
+    while time.monotonic() < deadline and sum(outcomes.values()) < max_examples:
+        run()  # a fresh random seed each chunk
     elapsed = time.monotonic() - started
     tried = sum(outcomes.values())
     print(f"{name}: {tried} cases in {elapsed:.0f} s, {len(failures)} failures; "
           + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
     for args, error in failures[:3]:
         print(f"  e.g. {error[:300]}\n       input {repr(args)[:300]}")
+    sys.stdout.flush()
     return tried, len(failures)
 
 

@@ -11,11 +11,9 @@ server's RSS (VmRSS) before and after. Exits 1 if a good request failed or a bad
 import argparse
 import asyncio
 import base64
-import io
 import json
 import os
 import pathlib
-import struct
 import sys
 import tempfile
 import time
@@ -45,13 +43,9 @@ def rss_mib(pid):
 
 def bad_requests():
     """(name, path, body bytes): each must get a 4xx, never a 5xx or a dead server."""
-    from PIL import Image
+    from flowers import testing
 
-    buf = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buf, "WEBP", lossless=True)
-    webp = buf.getvalue()
-    bits = struct.unpack("<I", webp[21:25])[0] >> 28 << 28 | 12999 | 12999 << 14
-    bomb = webp[:21] + struct.pack("<I", bits) + webp[25:]
+    bomb = testing.webp_declaring(13000, 13000)
 
     def one(image, key="k"):
         return json.dumps({"instances": [{"key": key, "image_bytes": {"b64": base64.b64encode(image).decode()}}]})

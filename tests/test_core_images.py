@@ -1,6 +1,5 @@
 """The shared image function: every format and colour mode, and bad bytes."""
 import io
-import struct
 
 import numpy as np
 import pytest
@@ -8,6 +7,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
+from flowers import testing
 from flowers.core import images
 from flowers.core.rejection import Rejection
 
@@ -87,24 +87,10 @@ def test_pixel_limit_rejects_bombs_before_decoding():
     assert images.load_image(blob, SIZE, max_pixels=10_000_000).shape == (SIZE, SIZE, 3)
 
 
-def webp_header(width, height):
-    """A real 1x1 lossless WebP (34 bytes) whose header is patched to declare width x height."""
-    buf = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buf, "WEBP", lossless=True)
-    blob = buf.getvalue()
-    bits = struct.unpack("<I", blob[21:25])[0] >> 28 << 28 | (width - 1) | (height - 1) << 14
-    return blob[:21] + struct.pack("<I", bits) + blob[25:]
-
-
-def jpeg_declaring(blob, width, height):
-    at = blob.index(b"\xff\xc0")  # baseline SOF0: length, precision, height, width
-    return blob[:at + 5] + struct.pack(">HH", height, width) + blob[at + 9:]
-
-
 def test_tiny_files_declaring_huge_images_are_too_large(photos):
     """A 25-byte WebP declaring 13000x13000 and a 27 KB JPEG declaring 7000x7000."""
-    jpeg = jpeg_declaring(encode(Image.new("RGB", (64, 64)), "JPEG"), 7000, 7000)
-    for blob in (webp_header(13000, 13000), jpeg):
+    jpeg = testing.jpeg_declaring(encode(Image.new("RGB", (64, 64)), "JPEG"), 7000, 7000)
+    for blob in (testing.webp_declaring(13000, 13000), jpeg):
         with pytest.raises(Rejection) as e:
             images.load_image(blob, SIZE)
         assert e.value.reason == "too_large"
@@ -122,7 +108,8 @@ def test_in_graph_check_refuses_every_format_over_the_limit_before_decoding(fmt,
 
 
 def test_in_graph_check_refuses_header_only_bombs():
-    for blob in (webp_header(13000, 13000), jpeg_declaring(encode(Image.new("RGB", (8, 8)), "JPEG"), 7000, 7000)):
+    jpeg = testing.jpeg_declaring(encode(Image.new("RGB", (8, 8)), "JPEG"), 7000, 7000)
+    for blob in (testing.webp_declaring(13000, 13000), jpeg):
         with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
             images.decode_batch(tf.constant([blob]), SIZE)
 

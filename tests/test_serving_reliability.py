@@ -5,7 +5,6 @@ import base64
 import io
 import json
 import socket
-import struct
 import time
 import urllib.error
 import urllib.request
@@ -31,21 +30,6 @@ def tiny_png(size=(8, 8)):
     buf = io.BytesIO()
     Image.new("RGB", size, (200, 30, 30)).save(buf, "PNG")
     return buf.getvalue()
-
-
-def webp_bomb(width, height):
-    """A real 1x1 lossless WebP (34 bytes) whose header is patched to declare width x height."""
-    buf = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buf, "WEBP", lossless=True)
-    blob = buf.getvalue()
-    bits = struct.unpack("<I", blob[21:25])[0] >> 28 << 28 | (width - 1) | (height - 1) << 14
-    return blob[:21] + struct.pack("<I", bits) + blob[25:]
-
-
-def jpeg_declaring(photo_bytes, width, height):
-    """A real JPEG whose SOF0 header is patched to declare width x height."""
-    at = photo_bytes.index(b"\xff\xc0")
-    return photo_bytes[:at + 5] + struct.pack(">HH", height, width) + photo_bytes[at + 9:]
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +90,7 @@ def raw_http(rest_url, data, read_timeout_s=20, close_after_send=False):
 
 # -- Denial of service through tiny requests ------------------------------------------------------
 
-@pytest.mark.parametrize("make", [lambda p: webp_bomb(13000, 13000), lambda p: jpeg_declaring(p, 7000, 7000)],
+@pytest.mark.parametrize("make", [lambda p: testing.webp_declaring(13000, 13000), lambda p: testing.jpeg_declaring(p, 7000, 7000)],
                          ids=["webp-13000x13000", "jpeg-7000x7000"])
 def test_tiny_files_declaring_huge_images_are_refused_by_the_server(server, make):
     status, body = post(server["rest"], instances([make(photo(server))]))
@@ -117,7 +101,7 @@ def test_tiny_files_declaring_huge_images_are_refused_by_the_server(server, make
 def test_the_exported_model_itself_refuses_images_over_the_limit(server):
     """On GKE the real TF Serving runs only the graph: the check must be in the SavedModel."""
     fn = tf.saved_model.load(server["model"]["version_path"]).signatures["serving_default"]
-    for blob in (webp_bomb(5100, 5100), jpeg_declaring(photo(server), 5100, 5100)):
+    for blob in (testing.webp_declaring(5100, 5100), testing.jpeg_declaring(photo(server), 5100, 5100)):
         with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
             fn(key=tf.constant(["k"]), image_bytes=tf.constant([blob]))
     ok = fn(key=tf.constant(["k"]), image_bytes=tf.constant([photo(server)]))
