@@ -30,8 +30,21 @@ json_values = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(["key", "image_bytes", "x", "ids", "flag",
                                                                   "b64", "other"]) | text, inner, max_size=3)),
     max_leaves=20)
-requests = st.fixed_dictionaries({}, optional={
+random_requests = st.fixed_dictionaries({}, optional={
     "instances": json_values, "inputs": json_values, "signature_name": json_values})
+# Near-valid requests for every signature: right keys, values sometimes of the wrong type or size.
+b64 = st.builds(lambda b: {"b64": base64.b64encode(b).decode()}, st.binary(max_size=16))
+leaf = st.one_of(text, b64, st.floats(allow_nan=False, width=32), st.integers(-2**63, 2**63), st.booleans(),
+                 scalars)
+instance = st.fixed_dictionaries({}, optional={"key": leaf, "image_bytes": leaf, "x": st.lists(leaf, max_size=3),
+                                               "ids": leaf, "flag": leaf})
+near_valid = st.one_of(
+    st.builds(lambda rows: {"instances": rows}, st.lists(instance, min_size=1, max_size=4)),
+    st.builds(lambda cols: {"inputs": cols}, st.dictionaries(
+        st.sampled_from(["key", "image_bytes", "x", "ids", "flag"]), st.lists(leaf, max_size=3), max_size=5)),
+    st.builds(lambda rows: {"instances": rows}, st.lists(st.lists(st.floats(width=32), min_size=2, max_size=2),
+                                                        min_size=1, max_size=3)))
+requests = random_requests | near_valid
 
 
 def check_json_request(doc, signature):
