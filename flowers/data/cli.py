@@ -3,6 +3,7 @@ import argparse
 import collections
 import sys
 
+from flowers.core import defaults
 from flowers.data import check, importer
 
 
@@ -12,8 +13,8 @@ def main(argv=None):
     imp = sub.add_parser("import", help="folder-per-class tree -> train_set.csv, eval_set.csv, dict.txt")
     imp.add_argument("root", metavar="DIR")
     imp.add_argument("--output", required=True)
-    imp.add_argument("--eval-fraction", type=float, default=0.1)
-    imp.add_argument("--seed", type=int, default=0)
+    imp.add_argument("--eval-fraction", type=float, default=defaults.EVAL_FRACTION)
+    imp.add_argument("--seed", type=int, default=defaults.SPLIT_SEED)
     chk = sub.add_parser("check", help="report bad rows of a CSV; non-zero exit if any")
     chk.add_argument("--input_path", required=True)
     chk.add_argument("--input_dict", required=True)
