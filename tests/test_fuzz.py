@@ -5,6 +5,7 @@ import base64
 import io
 import json
 
+import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
@@ -138,6 +139,15 @@ def test_fuzz_rest_raw_bodies(body, signature):
 @given(image_blobs)
 def test_fuzz_image_probe_and_in_graph_header_check(blob):
     check_image(blob)
+
+
+def test_png_sizes_whose_product_overflows_int64_are_still_too_large():
+    """Found by bench/fuzz.py: 0xe8698ee3 x 0xcea2b0f3 wrapped to a negative count, under any limit."""
+    blob = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xe8i\x8e\xe3\xce\xa2\xb0\xf3\xdf\x9e"
+    assert int(_header_pixels(tf.constant(blob))) > 2 ** 60
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
+        images.decode_and_resize(tf.constant(blob), 8)
+    assert check_image(blob) != "accepted"
 
 
 def test_known_crashers_are_client_errors():

@@ -38,8 +38,8 @@ def header_pixels(image_bytes):
         shape = tf.io.extract_jpeg_shape(image_bytes, output_type=tf.int64)  # walks to the SOF marker
         return shape[0] * shape[1]
 
-    def png():
-        return tf.reduce_prod(_header_ints(head, 16, 2, 4, big_endian=True))
+    def png():  # 32-bit sizes: clipped so that their product cannot overflow int64 (and pass the check)
+        return tf.reduce_prod(tf.minimum(_header_ints(head, 16, 2, 4, big_endian=True), 2 ** 31))
 
     def gif():  # the logical screen: the decoder allocates it
         return tf.reduce_prod(_header_ints(head, 6, 2, 2))
