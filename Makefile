@@ -7,7 +7,7 @@ REQS := requirements-dev.txt constraints.txt pyproject.toml $(wildcard container
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench reliability clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/serve.py
+
+reliability: $(STAMP)  # longer fuzzing, then a soak with 10 % bad requests (about 10 minutes)
+	$(BIN)/python bench/fuzz.py --seconds 300
+	$(BIN)/python bench/soak.py --seconds 120
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo-output

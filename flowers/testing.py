@@ -4,11 +4,13 @@ benchmarks (not used by the server itself).
     with testing.running(["--model_config_file", path]) as (rest_url, grpc_addr): ...
 """
 import contextlib
+import io
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import struct
 import time
 
 from google.protobuf import text_format
@@ -110,3 +112,21 @@ def _tail(path, n=4000):
     with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read()
     return text if n is None else text[-n:]
+
+
+def webp_declaring(width, height):
+    """A real 1x1 lossless WebP (34 bytes) whose header is patched to declare width x height:
+    the decompression bomb of issue 11, for tests and the soak benchmark."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "WEBP", lossless=True)
+    blob = buf.getvalue()
+    bits = struct.unpack("<I", blob[21:25])[0] >> 28 << 28 | (width - 1) | (height - 1) << 14
+    return blob[:21] + struct.pack("<I", bits) + blob[25:]
+
+
+def jpeg_declaring(jpeg, width, height):
+    """A baseline JPEG whose SOF0 header is patched to declare width x height (its data unchanged)."""
+    at = jpeg.index(b"\xff\xc0")  # SOF0: marker, length (2), precision (1), height, width
+    return jpeg[:at + 5] + struct.pack(">HH", height, width) + jpeg[at + 9:]

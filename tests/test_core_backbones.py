@@ -77,3 +77,76 @@ def test_classify_cli_json(photos):
     for row in rows:
         assert len(row["top5"]) == 5 and set(row["top5"][0]) == {"class_id", "name", "score"}
     assert any(t["class_id"] == DAISY and t["name"] == "daisy" for r in rows for t in r["top5"])
+
+
+def write_legacy_pth(path, size, stride, offset=0, numel=6, data_elements=None):
+    """A legacy torch state dict with one float tensor, crafted without torch: fake `torch`
+    modules let pickle name the globals torch would (torch.FloatStorage, _rebuild_tensor_v2)."""
+    import collections
+    import struct
+    import types
+
+    torch_mod, utils_mod = types.ModuleType("torch"), types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        pass
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called")
+
+    FloatStorage.__module__, _rebuild_tensor_v2.__module__ = "torch", "torch._utils"
+    FloatStorage.__qualname__, _rebuild_tensor_v2.__qualname__ = "FloatStorage", "_rebuild_tensor_v2"
+    torch_mod.FloatStorage, utils_mod._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
+    storage = object()
+
+    class Tensor:
+        def __reduce__(self):
+            return (_rebuild_tensor_v2, (storage, offset, tuple(size), tuple(stride), False,
+                                         collections.OrderedDict()))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", FloatStorage, "0", "cpu", numel, None) if obj is storage else None
+
+    saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
+    sys.modules.update({"torch": torch_mod, "torch._utils": utils_mod})
+    try:
+        with open(path, "wb") as f:
+            for obj in (torch_pickle.MAGIC_NUMBER, 1001, {}):
+                pickle.dump(obj, f, protocol=2)
+            Pickler(f, protocol=2).dump(collections.OrderedDict(w=Tensor()))
+            pickle.dump(["0"], f, protocol=2)
+            f.write(struct.pack("<q", numel))
+            f.write(np.arange(numel if data_elements is None else data_elements, dtype=np.float32).tobytes())
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+def test_crafted_legacy_file_round_trips(tmp_path):
+    write_legacy_pth(tmp_path / "ok.pth", size=(2, 3), stride=(3, 1))
+    np.testing.assert_array_equal(torch_pickle.load_state_dict(tmp_path / "ok.pth")["w"],
+                                  np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(size=(1000, 1000), stride=(1000, 1)), "reaches element"),  # larger than its storage
+    (dict(size=(2, 3), stride=(3, 1), offset=5), "reaches element"),
+    (dict(size=(2, 3), stride=(-3, 1)), "negative"),  # negative stride
+    (dict(size=(2, 3), stride=(3, 1), data_elements=2), "cut short"),  # short data
+])
+def test_crafted_weights_are_refused_without_crashing(tmp_path, kw, message):
+    """Run in a child process: on a loader without bounds checks these read past the buffer
+    (segfault or garbage), which must show as a failed test, not a dead test run."""
+    path = tmp_path / "crafted.pth"
+    write_legacy_pth(path, **kw)
+    code = ("import sys; from flowers.core.backbones import torch_pickle\n"
+            "try:\n    torch_pickle.load_state_dict(sys.argv[1])\n"
+            "except ValueError as e:\n    print('refused:', e); sys.exit(0)\n"
+            "print('loaded'); sys.exit(3)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert message in done.stdout

@@ -1,5 +1,8 @@
 """Data import (folder tree -> CSVs) and data check, on the shared photos."""
+import codecs
 import csv
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -76,3 +79,32 @@ def test_parse_row_labels_to_ids():
     with pytest.raises(Rejection) as e:
         rows.parse_row(1, "a.jpg,", "/tmp", {"daisy": 0})
     assert e.value.reason == "malformed_row"
+
+
+def check_in_child(csv_path, dict_path, timeout_s=120):
+    """`data check` in a child process, so a hang (a FIFO read) fails the test instead of stalling it."""
+    code = ("import json, sys; from flowers.data import check\n"
+            "problems, n = check.check(sys.argv[1], sys.argv[2])\n"
+            "print(json.dumps([n, [[line, reason] for line, _, reason, _ in problems]]))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(csv_path), str(dict_path)],
+                          capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0, done.stderr[-2000:]
+    n, problems = json.loads(done.stdout.splitlines()[-1])
+    return n, [tuple(p) for p in problems]
+
+
+def test_fifo_bom_latin1_and_duplicates_are_rows_rejected_alone(photos, tmp_path):
+    """A FIFO is refused unopened (reading it would block forever); a BOM in dict.txt and in the
+    CSV changes nothing; a Latin-1 line is one malformed row; a repeated image is a duplicate."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "dict.txt").write_bytes(codecs.BOM_UTF8 + b"daisy\nroses\n")
+    daisy, roses = photos["daisy"][0], photos["roses"][0]
+    lines = [f"{daisy},daisy".encode(),         # first row, right after the BOM
+             b"pipe.jpg,daisy",                 # a FIFO
+             "caf\xe9.jpg,roses".encode("latin-1"),  # not UTF-8
+             f"{roses},roses".encode(),
+             f"{os.path.dirname(roses)}/./{os.path.basename(roses)},roses".encode()]  # same image again
+    (tmp_path / "set.csv").write_bytes(codecs.BOM_UTF8 + b"\n".join(lines) + b"\n")
+    n, problems = check_in_child(tmp_path / "set.csv", tmp_path / "dict.txt")
+    assert n == 5
+    assert problems == [(2, "not_a_file"), (3, "malformed_row"), (5, "duplicate")]

@@ -227,10 +227,119 @@ def test_configmap_with_an_unreachable_api_server_fails_clearly_and_deploys_noth
 
 
 def test_config_locations():
-    assert isinstance(stores.open_store("gs://b/models/models.config"), stores.FileStore)
+    assert isinstance(stores.open_store("gs://b/models/models.config"), stores.GcsStore)
+    assert isinstance(stores.open_store("/srv/models.config"), stores.FileStore)
     store = stores.open_store("configmap://serving/flowers-models")
     assert (store.namespace, store.name, store.key) == ("serving", "flowers-models", "models.config")
     for bad in ("configmap://flowers", "configmap:///x", "configmap://a/b/c"):
         with pytest.raises(stores.StoreError, match="configmap://NAMESPACE/NAME"):
             stores.open_store(bad)
     assert deploy.default_config_path("gs://b/models/flowers/") == "gs://b/models/models.config"
+
+
+# -- Concurrent and interrupted deploys (issue 11) ---------------------------------------------------
+
+def _add_labels(args):
+    """Child process: add `count` labels named after `who` to models.config, one update each."""
+    config_path, who, count = args
+    store = stores.open_store(config_path)
+    for i in range(count):
+        versions.update(store, "flowers", lambda m: m.version_labels.__setitem__(f"{who}-{i}", 1),
+                        base_path="/models/flowers")
+
+
+def test_concurrent_updates_of_a_local_config_lose_no_label(tmp_path):
+    import multiprocessing
+
+    config_path, writers, per_writer = str(tmp_path / "models.config"), 6, 25
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(writers) as pool:
+        pool.map(_add_labels, [(config_path, f"w{n}", per_writer) for n in range(writers)])
+    labels = model_config.find(stores.load(config_path), "flowers").version_labels
+    assert len(labels) == writers * per_writer
+    assert not list(tmp_path.glob("models.config.tmp-*"))
+
+
+class FakeGcs:
+    """In-memory stand-in for google-cloud-storage's generation preconditions (no GCS here):
+    blob.reload / generation / download_as_bytes / upload_from_string(if_generation_match)."""
+
+    def __init__(self):
+        self.objects = {}  # name -> (generation, bytes)
+
+    def bucket(self, _name):
+        return self
+
+    def blob(self, name):
+        from google.api_core import exceptions
+
+        gcs = self
+
+        class Blob:
+            generation = None
+
+            def reload(self):
+                if name not in gcs.objects:
+                    raise exceptions.NotFound(name)
+                self.generation = gcs.objects[name][0]
+
+            def download_as_bytes(self, if_generation_match=None):
+                generation, data = gcs.objects[name]
+                if if_generation_match is not None and if_generation_match != generation:
+                    raise exceptions.PreconditionFailed(name)
+                return data
+
+            def upload_from_string(self, data, content_type=None, if_generation_match=None):
+                current = gcs.objects.get(name, (0, b""))[0]
+                if if_generation_match is not None and if_generation_match != current:
+                    raise exceptions.PreconditionFailed(name)
+                gcs.objects[name] = (current + 1, data)
+
+        return Blob()
+
+
+def test_gcs_config_writes_are_conditional_and_retried_on_conflict():
+    gcs = FakeGcs()
+    a, b = (stores.GcsStore("gs://bucket/models.config", client=gcs) for _ in range(2))
+
+    def add(label):
+        return lambda text: versions.edit_text(text, "flowers", lambda m: m.version_labels.__setitem__(label, 1),
+                                               base_path="gs://bucket/models/flowers")
+
+    text = a.read()  # a reads (nothing yet) ...
+    b.update(add("canary"))  # ... b writes meanwhile ...
+    with pytest.raises(stores.Conflict):  # ... so a's blind write would lose b's label: refused
+        a.write(add("stable")(text)[0])
+    calls = []
+
+    def racing(text):  # the first attempt loses a race with b, the retry wins
+        if not calls:
+            b.update(add("previous"))
+        calls.append(text)
+        return add("stable")(text)
+
+    a.update(racing)
+    assert len(calls) == 2
+    labels = model_config.find(model_config.parse(b.read()), "flowers").version_labels
+    assert dict(labels) == {"canary": 1, "previous": 1, "stable": 1}
+
+
+def test_next_deploy_removes_what_killed_deploys_left(tmp_path):
+    src = tmp_path / "export" / "1"
+    src.mkdir(parents=True)
+    (src / "saved_model.pb").write_bytes(b"not loaded by deploy")
+    base = tmp_path / "models" / "flowers"
+    now = int(time.time())
+    stale = [base / ".incoming-2-deadbeef", base / f".incoming-3-{now - 7200}-0123abcd"]
+    fresh = base / f".incoming-4-{now}-4567cdef"  # another deploy copying right now
+    for folder in (*stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "saved_model.pb").write_bytes(b"x" * 1000)
+    config = tmp_path / "models" / "models.config"
+    left = tmp_path / "models" / "models.config.tmp-4242"
+    left.write_text("half")
+    assert deploy.deploy(str(src), str(base)) == 1
+    assert not any(p.exists() for p in stale) and not left.exists()
+    assert fresh.exists() and (base / "1" / "saved_model.pb").exists()
+    assert dict(model_config.find(stores.load(str(config)), "flowers").version_labels) == {"stable": 1}
+    assert sorted(p.name for p in base.iterdir()) == sorted(["1", fresh.name])

@@ -189,6 +189,23 @@ def test_network_policy_admits_only_the_serving_ports(rendered, name):
     ports = {(p["port"], p["protocol"]) for rule in policy["ingress"] for p in rule["ports"]}
     assert ports == {(8500, "TCP"), (8501, "TCP")}
     assert all(rule.get("ports") for rule in policy["ingress"]), "an ingress rule without ports opens all"
+    egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+    assert egress_ports == {53, 443, 80, 988}  # DNS, HTTPS, the metadata server (Workload Identity)
+    assert all(p["port"] in (53, 443) for rule in policy["egress"] if "to" not in rule for p in rule["ports"])
+
+
+@pytest.mark.parametrize("name", ["base", "overlays/gpu"])
+def test_network_policy_admits_the_serving_ports_only_from_labelled_clients(rendered, name):
+    """HandleReloadConfigRequest is unauthenticated in TF Serving: no rule may admit everyone."""
+    policy = one(rendered[name], "NetworkPolicy")["spec"]
+    for rule in policy["ingress"]:
+        assert rule.get("from"), "an ingress rule without `from` admits every pod and address"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer
+            client = {"key": "flowers.io/client", "operator": "In", "values": ["true"]}
+            assert peer.get("podSelector") == {"matchExpressions": [client]} or (
+                peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "gmp-system"}
+                and {p["port"] for p in rule["ports"]} == {8501})
 
 
 def test_models_config_is_the_serve_images_with_each_overlays_base_path(rendered):

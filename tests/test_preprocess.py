@@ -1,6 +1,7 @@
 """`flowers preprocess`: a real Beam run (train + eval in one pipeline) on shared photos mixed
 with every kind of bad input, checked record by record against the backbone itself."""
 import csv
+import os
 import shutil
 
 import numpy as np
@@ -21,7 +22,8 @@ LABELS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
 def run(photos, tmp_path_factory):
     """One pipeline run over train.csv (good, multi-label, relative and bad rows) and eval.csv."""
     tmp = tmp_path_factory.mktemp("preprocess")
-    (tmp / "dict.txt").write_text("".join(f"{label}\n" for label in LABELS))
+    # A UTF-8 BOM in dict.txt and the CSV (Windows editors write one) must change nothing.
+    (tmp / "dict.txt").write_text("\ufeff" + "".join(f"{label}\n" for label in LABELS))
     (tmp / "sub").mkdir()
     shutil.copy(photos["roses"][3], tmp / "sub" / "relative.jpg")
     (tmp / "empty.jpg").write_bytes(b"")
@@ -29,6 +31,7 @@ def run(photos, tmp_path_factory):
     jpeg = open(photos["daisy"][5], "rb").read()
     (tmp / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     Image.new("L", (1100, 1000)).save(tmp / "bomb.png")
+    os.mkfifo(tmp / "pipe.jpg")  # reading it would block forever
 
     good = [(p, [label]) for label in LABELS for p in photos[label][:3]]
     good += [(str(tmp / "sub" / "relative.jpg"), ["roses"]),  # listed by its relative path below
@@ -43,11 +46,15 @@ def run(photos, tmp_path_factory):
         f"{photos['daisy'][6]},cactus": "unknown_label",
         f"{photos['daisy'][7]}": "malformed_row",
         f'"{photos["daisy"][8]},daisy': "malformed_row",  # unterminated quote
+        "pipe.jpg,daisy": "not_a_file",  # a FIFO
+        "caf\ufffd.jpg,daisy": "malformed_row",  # written in Latin-1 below: one bad row, not a failed run
     }
     lines = [f"{p},{','.join(labels)}" for p, labels in good]
     lines[-2] = "sub/relative.jpg,roses"
-    lines = lines[:5] + list(bad) + lines[5:]
-    (tmp / "train.csv").write_text("\n".join(lines) + "\n")
+    lines = lines[:5] + list(bad) + lines[5:] + ["./sub/relative.jpg,roses"]  # the same image again
+    bad["./sub/relative.jpg,roses"] = "duplicate"
+    data = "\ufeff" + "\n".join(lines) + "\n"
+    (tmp / "train.csv").write_bytes(data.encode("utf-8").replace("caf\ufffd".encode(), "caf\xe9".encode("latin-1")))
     eval_rows = [(p, ["sunflowers"]) for p in photos["sunflowers"][5:7]]
     (tmp / "eval.csv").write_text("".join(f"{p},sunflowers\n" for p, _ in eval_rows))
 

@@ -1,5 +1,5 @@
 """`flowers data check`: every bad row of a CSV, with the same reasons preprocess would give."""
-from flowers.core import images
+from flowers.core import images, storage
 from flowers.core.rejection import Rejection
 from flowers.data import rows as csv_rows
 
@@ -9,12 +9,12 @@ def check(csv_path, dict_path, max_pixels=images.DEFAULT_MAX_PIXELS):
     label_ids = {label: i for i, label in enumerate(csv_rows.read_dict(dict_path))}
     rows, rejected = csv_rows.read_rows(csv_path, label_ids)
     problems = [(line, "", e.reason, str(e)) for line, _, e in rejected]
-    seen = {}
+    duplicates = csv_rows.duplicate_lines(csv_rows.read_lines(csv_path), storage.dirname(csv_path))
     for row in rows:
-        if row.uri in seen:
-            problems.append((row.line, row.uri, "duplicate", f"same uri as line {seen[row.uri]}"))
+        if row.line in duplicates:
+            uri, first = duplicates[row.line]
+            problems.append((row.line, uri, "duplicate", f"same uri as line {first}"))
             continue
-        seen[row.uri] = row.line
         try:
             images.read_image(row.uri, max_pixels)
         except Rejection as e:

@@ -10,6 +10,7 @@ import codecs
 import csv
 import dataclasses
 import io
+import os
 
 from flowers.core import storage
 from flowers.core.rejection import Rejection
@@ -91,6 +92,27 @@ def read_rows(csv_path, label_ids=None, labels_required=True):
         except Rejection as e:
             rejected.append((line_no, line_text(line), e))
     return rows, rejected
+
+
+def same_file(uri):
+    """The key two rows naming the same image share (./a.jpg and a.jpg alike)."""
+    return uri if storage.is_remote(uri) else os.path.normpath(uri)
+
+
+def duplicate_lines(lines, base_dir):
+    """{line_no: (uri, first line_no)} for each (line_no, line) naming an image an earlier row named.
+    Rows that do not parse are left for parse_row to reject."""
+    first, duplicates = {}, {}
+    for line_no, line in lines:
+        try:
+            uri = same_file(parse_row(line_no, line, base_dir, labels_required=False).uri)
+        except Rejection:
+            continue
+        if uri in first:
+            duplicates[line_no] = (uri, first[uri])
+        else:
+            first[uri] = line_no
+    return duplicates
 
 
 def format_rows(rows):

@@ -13,12 +13,20 @@ started from any folder finds it). A model already in the config keeps its
 base_path: that is the path as the *server* sees it (e.g. /models/flowers in a pod), which may
 differ from the path deploy copies to.
 """
+import logging
+import re
 import sys
+import time
 import uuid
 
 from flowers import cli
 from flowers.core import base_path, defaults, storage
 from flowers.deploy import stores, versions
+
+log = logging.getLogger(__name__)
+# A staging folder older than this was left by a killed deploy (copies take minutes).
+STALE_AFTER_S = 3600
+_STAGING = re.compile(r"\.incoming-(\d+)-(\d+)-[0-9a-f]+$")
 
 
 def version_dir(model_dir):
@@ -29,18 +37,42 @@ def version_dir(model_dir):
         raise versions.VersionError(str(e)) from None
 
 
+def remove_stale_staging(model_base_path, now=None):
+    """Delete `.incoming-*` folders that killed deploys left (full-size copies); returns their names.
+    Their names carry their start time, so a deploy copying right now is left alone."""
+    if not storage.isdir(model_base_path):
+        return []
+    now, removed = now or time.time(), []
+    for name in storage.listdir(model_base_path):
+        if not name.startswith(".incoming-"):
+            continue
+        m = _STAGING.fullmatch(name)
+        if m and now - int(m[2]) < STALE_AFTER_S:
+            continue
+        log.info("removing %s, left by an interrupted deploy", name)
+        storage.gfile.rmtree(storage.join(model_base_path, name))
+        removed.append(name)
+    return removed
+
+
 def copy_version(src, model_base_path):
     """Copy src to model_base_path/<next version>/ and return the version."""
+    remove_stale_staging(model_base_path)
     version = base_path.next_version(model_base_path)
-    final = storage.join(model_base_path, str(version))
     # TF Serving only looks at all-digit folder names, so the staging name is invisible to it.
-    staging = storage.join(model_base_path, f".incoming-{version}-{uuid.uuid4().hex[:8]}")
+    staging = storage.join(model_base_path, f".incoming-{version}-{int(time.time())}-{uuid.uuid4().hex[:8]}")
     storage.copy_tree(src, staging)
-    if storage.exists(final):  # another deploy took this number meanwhile
-        storage.gfile.rmtree(staging)
-        raise versions.VersionError(f"{final} appeared while copying; deploy again")
-    storage.gfile.rename(staging, final)
-    return version
+    for _ in range(10):  # another deploy may take the number meanwhile: take the next one
+        version = base_path.next_version(model_base_path)
+        final = storage.join(model_base_path, str(version))
+        try:
+            storage.gfile.rename(staging, final)
+            return version
+        except (OSError, storage.tf.errors.OpError):
+            if not storage.exists(final):
+                raise
+    storage.gfile.rmtree(staging)
+    raise versions.VersionError(f"could not claim a version number under {model_base_path}; deploy again")
 
 
 def default_config_path(model_base_path):

@@ -103,10 +103,8 @@ def edit_text(text, model_name, edit, base_path=None):
 
 
 def update(store, model_name, edit, base_path=None):
-    """Read, edit one model, write back; returns edit's result."""
-    text, result = edit_text(store.read(), model_name, edit, base_path)
-    store.write(text)
-    return result
+    """Read, edit one model, write back (safe against concurrent edits); returns edit's result."""
+    return store.update(lambda text: edit_text(text, model_name, edit, base_path))
 
 
 # ---------------------------------------------------------------------------------------------

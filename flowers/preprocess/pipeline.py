@@ -143,9 +143,16 @@ def build(p, jobs, label_names, backbone_name, max_pixels=images.DEFAULT_MAX_PIX
     rows, rejects, events = [], [], []
     for split, (csv_path, lines, _prefix) in enumerate(jobs):
         name = names[split]
-        # The launcher reads the CSV (thousands of rows) so that each row keeps its line number.
-        csv_lines = p | f"ReadCsv {name}" >> beam.Create([(split, n, line) for n, line in lines])
-        events.append(csv_lines | f"CountRead {name}" >> beam.Map(lambda e: (e[0], "read")))
+        # The launcher reads the CSV (thousands of rows) so that each row keeps its line number,
+        # and sets aside rows naming an image an earlier row named: reported, not written twice.
+        dupes = csv_rows.duplicate_lines(lines, storage.dirname(csv_path))
+        csv_lines = p | f"ReadCsv {name}" >> beam.Create([(split, n, line) for n, line in lines if n not in dupes])
+        duplicates = p | f"Duplicates {name}" >> beam.Create(
+            [Reject(split, n, uri, "duplicate", f"line {n}: same image as line {first}")
+             for n, (uri, first) in sorted(dupes.items())])
+        rejects.append(duplicates)
+        events.append((csv_lines, duplicates) | f"AllRead {name}" >> beam.Flatten()
+                      | f"CountRead {name}" >> beam.Map(lambda e: (e[0], "read")))
         parsed = csv_lines | f"ParseRows {name}" >> beam.ParDo(
             ParseRow(storage.dirname(csv_path), label_ids)).with_outputs(REJECTED, main="rows")
         rows.append(parsed.rows)

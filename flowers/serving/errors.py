@@ -35,6 +35,20 @@ def not_found(message):
     return ServingError(Code.NOT_FOUND, message)
 
 
+# Absolute file paths and bucket URLs: logged, never sent to clients.
+_PATH = re.compile(r"(?:\b[a-z][a-z0-9+.-]*://|(?<![\w.])/)[^\s'\",;:]*")
+INTERNAL_MESSAGE = "Internal error; see the server log"
+
+
+def redact_paths(text):
+    return _PATH.sub("<path>", text)
+
+
+def internal():
+    """What a client sees of an unexpected failure: no exception names, paths or traces."""
+    return ServingError(Code.INTERNAL, INTERNAL_MESSAGE)
+
+
 def from_tf_error(e):
     """tf.errors.OpError -> ServingError with the same canonical code (TF and gRPC share them).
 
@@ -44,4 +58,4 @@ def from_tf_error(e):
     lines = [line for line in text.splitlines() if line.strip() and not line[0].isspace()
              and not line.startswith(("Graph execution error", "Detected at node", "<stack traces"))]
     message = re.sub(r"\s*(\[\[|\[Op:).*$", "", lines[-1]) if lines else text or type(e).__name__
-    return ServingError(_BY_NUMBER.get(e.error_code, Code.UNKNOWN), message)
+    return ServingError(_BY_NUMBER.get(e.error_code, Code.UNKNOWN), redact_paths(message))

@@ -104,7 +104,10 @@ def _scalar(value, dtype):
 
     if dtype == tf.string:
         if isinstance(value, str):
-            return value.encode("utf-8")
+            try:
+                return value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate such as "\ud800": valid JSON, not text
+                raise invalid(f"JSON Value: {_short(value)} is not valid UTF-8 text") from None
         if isinstance(value, dict):
             return decode_b64(value)
         raise type_error()

@@ -20,11 +20,15 @@ from flowers.core import base_path, images, model_config, storage
 from flowers.core.rejection import Rejection
 from flowers.serving import batching, warmup
 from flowers.serving.servable import Servable
-from flowers.serving.errors import Code, from_tf_error, invalid, not_found
+from flowers.serving.errors import Code, from_tf_error, invalid, not_found, redact_paths
 
 log = logging.getLogger(__name__)
 
 State = get_model_status_pb2.ModelVersionStatus.State
+# The most work one request may ask for (not TF Serving flags: without batching it has no cap,
+# and 10,000 tiny images in one request would take the whole machine).
+DEFAULT_MAX_INSTANCES = 256
+DEFAULT_MAX_REQUEST_PIXELS = 4 * images.DEFAULT_MAX_PIXELS
 
 
 @dataclasses.dataclass
@@ -40,13 +44,15 @@ class _Model:
 class Manager:
     def __init__(self, config, *, config_path=None, batching_options=None, model_executor, load_executor,
                  allow_labels_for_unavailable=False, max_load_retries=5, load_retry_interval_s=60.0,
-                 max_image_pixels=images.DEFAULT_MAX_PIXELS, metrics=None, warmup=False):
+                 max_image_pixels=images.DEFAULT_MAX_PIXELS, max_request_instances=DEFAULT_MAX_INSTANCES,
+                 max_request_pixels=DEFAULT_MAX_REQUEST_PIXELS, metrics=None, warmup=False):
         self.config_path = config_path
         self.models = {}
         self.model_executor, self.load_executor = model_executor, load_executor
         self.allow_labels_for_unavailable = allow_labels_for_unavailable
         self.max_load_retries, self.load_retry_interval_s = max_load_retries, load_retry_interval_s
         self.max_image_pixels, self.metrics, self.warmup = max_image_pixels, metrics, warmup
+        self.max_request_instances, self.max_request_pixels = max_request_instances, max_request_pixels
         self.scheduler = batching.Scheduler(batching_options, model_executor) if batching_options else None
         self._config_text = self._bad_config_text = None
         self._initial_config = config
@@ -58,12 +64,15 @@ class Manager:
         """Adopt a ModelServerConfig: add/remove models, new policies, then labels."""
         async with self._lock:
             wanted = {m.name: m for m in config.model_config_list.config}
+            if not wanted:  # as TF Serving: an empty config changes nothing (a truncated file is no order)
+                log.warning("model config lists no models: keeping the %d loaded", len(self.models))
+                return
             for name in list(self.models):
                 if name not in wanted:
                     log.info("model %s removed from the config: unloading", name)
                     del self.models[name]
             for name, cfg in wanted.items():
-                if name in self.models and self.models[name].config.base_path == cfg.base_path:
+                if name in self.models:  # a new base path: the old versions serve until new ones load
                     self.models[name].config = cfg
                 else:
                     self.models[name] = _Model(cfg)
@@ -107,16 +116,26 @@ class Manager:
                 log.error("cannot list %s: %s", model.config.base_path, e)
                 continue
             wanted = model_config.served_versions(model.config, on_disk)
-            for version in sorted(wanted - set(model.servables)):
+            stale = {v for v, s in model.servables.items() if v in wanted and s.path != on_disk[v]}
+            for version in sorted(wanted - (set(model.servables) - stale)):
                 failed, last = model.failures.get(version, (0, 0.0))
                 if failed and (failed > self.max_load_retries
                                or time.monotonic() - last < self.load_retry_interval_s):
                     continue
                 await self._load(name, model, version, on_disk[version])
-            for version in set(model.servables) - wanted:  # after loading: availability preserving
-                log.info("unloading %s version %d", name, version)
-                model.servables = {v: s for v, s in model.servables.items() if v != version}
-                model.states[version] = (State.END, "")
+            # Availability preserving (TF Serving's default policy): old versions are unloaded only
+            # once a wanted one is AVAILABLE, so a corrupt new version or a wrong base path leaves
+            # the old ones serving.
+            current = {v for v, s in model.servables.items() if v in wanted and s.path == on_disk[v]}
+            if current:
+                for version in set(model.servables) - current:
+                    log.info("unloading %s version %d", name, version)
+                    model.servables = {v: s for v, s in model.servables.items() if v != version}
+                    if version not in wanted:
+                        model.states[version] = (State.END, "")
+            elif model.servables:
+                log.warning("keeping %s versions %s: none of the wanted versions %s is available", name,
+                            sorted(model.servables), sorted(wanted))
             if not on_disk and not model.servables:
                 log.warning("no versions of model %s found under %s", name, model.config.base_path)
             self._apply_labels(name, model)
@@ -131,7 +150,7 @@ class Manager:
         except Exception as e:  # noqa: BLE001 - a broken version must not stop the server
             failed = model.failures.get(version, (0, 0.0))[0] + 1
             model.failures[version] = (failed, time.monotonic())
-            model.states[version] = (State.END, f"Failed to load {path}: {e}".splitlines()[0])
+            model.states[version] = (State.END, redact_paths(f"Failed to load version {version}: {e}".splitlines()[0]))
             log.error("loading %s version %d failed (attempt %d of %d): %s", name, version, failed,
                       self.max_load_retries + 1, e)
             return
@@ -266,23 +285,37 @@ class Manager:
         if missing:
             raise invalid(f"Request inputs do not match required inputs for model `{servable.name}`. "
                           f"Send extra: {{}}. Missing but required: {{{','.join(missing)}}}.")
-        sizes = set()
-        for name, arr in inputs.items():
-            spec = signature.inputs[name]  # shapes are TensorFlow's business, as in TF Serving
+        sizes = set()  # shapes are TensorFlow's business, as in TF Serving; batching needs a batch dim
+        for arr in inputs.values():
             if self.scheduler is not None:
                 if arr.ndim == 0:
                     raise invalid("Batching Run() input tensors must have at least one dimension")
                 sizes.add(arr.shape[0])
-            if spec.dtype == tf.string and name.endswith("_bytes") and self.max_image_pixels:
-                for value in arr.ravel():
-                    try:
-                        images.probe(value, self.max_image_pixels)
-                    except Rejection as e:
-                        if e.reason == "too_large":  # the model itself rejects non-images
-                            raise invalid(f"Input {name}: {e}") from None
         if len(sizes) > 1:
             raise invalid("Batching Run() input tensors must have equal 0th-dimension size")
+        self.check_work(signature, inputs, max((a.shape[0] for a in inputs.values() if a.ndim), default=0))
         return sizes.pop() if sizes else None
+
+    def check_work(self, signature, inputs, size):
+        """Cap what one request may ask for: instances, then the pixels its images declare
+        (each image under --max_image_pixels, all of them under --max_request_pixels)."""
+        if self.max_request_instances and size > self.max_request_instances:
+            raise invalid(f"Request has {size} instances, more than the limit of {self.max_request_instances}")
+        total = 0
+        for name, arr in inputs.items():
+            if signature.inputs[name].dtype != tf.string or not name.endswith("_bytes"):
+                continue
+            for value in arr.ravel():
+                try:
+                    _fmt, width, height = images.probe(value, self.max_image_pixels)
+                except Rejection as e:
+                    if e.reason == "too_large":  # the model itself rejects non-images
+                        raise invalid(f"Input {name}: {e}") from None
+                    continue
+                total += width * height
+                if self.max_request_pixels and total > self.max_request_pixels:
+                    raise invalid(f"Input {name}: the request's images hold more than the limit of "
+                                  f"{self.max_request_pixels} pixels in all")
 
     async def predict(self, servable, signature, inputs):
         """Run the signature on {name: ndarray}; batched with other requests when batching is on."""

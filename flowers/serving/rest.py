@@ -10,12 +10,14 @@ import logging
 import re
 import time
 
+import aiohttp
+import aiohttp.http_exceptions
 from aiohttp import web
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from flowers.serving import inference, json_examples, json_tensor
-from flowers.serving.errors import Code, ServingError, invalid
+from flowers.serving.errors import Code, ServingError, internal, invalid
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,9 @@ PREDICT_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
 STATUS_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
-# JSON bodies above this are parsed off the event loop.
+# JSON bodies above this are parsed and converted off the event loop, so other clients keep being served.
 LARGE_BODY = 256 * 1024
+DEFAULT_READ_TIMEOUT_S = 60
 
 
 def _json_response(status, obj):
@@ -41,9 +44,14 @@ def _version(text):
     return int(text)
 
 
+class ClientGone(Exception):
+    """The client hung up before sending its whole body: nothing to answer, nothing to log."""
+
+
 class RestApi:
-    def __init__(self, manager, metrics=None, timeout_s=None):
+    def __init__(self, manager, metrics=None, timeout_s=None, read_timeout_s=DEFAULT_READ_TIMEOUT_S):
         self.manager, self.metrics, self.timeout_s = manager, metrics, timeout_s
+        self.read_timeout_s = read_timeout_s
 
     async def handle(self, request):
         started, model, api, status = time.monotonic(), "", "unknown", Code.OK
@@ -67,13 +75,16 @@ class RestApi:
         except ServingError as e:
             status = e.code
             return _json_response(e.http_status, {"error": e.message})
+        except ClientGone:  # the answer cannot be delivered; 499 is nginx's "client closed request"
+            status = Code.CANCELLED
+            return web.Response(status=499)
         except asyncio.CancelledError:
             status = Code.CANCELLED
             raise
-        except Exception as e:  # noqa: BLE001 - a bug here must not take the server down
+        except Exception:  # noqa: BLE001 - a bug here must not take the server down
             log.exception("%s %s failed", request.method, request.path)
             status = Code.INTERNAL
-            return _json_response(500, {"error": f"{type(e).__name__}: {e}"})
+            return _json_response(500, {"error": internal().message})
         finally:
             if self.metrics:
                 self.metrics.observe(model, api, "REST", status.name, time.monotonic() - started)
@@ -81,22 +92,15 @@ class RestApi:
     async def _infer(self, request, model, version, label, method):
         if version is not None and label:
             raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ServingError(Code.RESOURCE_EXHAUSTED,
-                               f"Request body is larger than the limit of {request.app['max_request_bytes']} bytes",
-                               http_status=413) from None
-        if len(body) > LARGE_BODY:
-            doc = await asyncio.get_running_loop().run_in_executor(None, json_tensor.parse, body)
-        else:
-            doc = json_tensor.parse(body)
+        body = await self._read_body(request)
         servable = self.manager.resolve(model, version, label)
+        doc = await _off_loop(len(body), json_tensor.parse, body)
         signature = servable.signature(doc.get("signature_name", ""))
         if method == "predict":
-            inputs, fmt = json_tensor.to_arrays(doc, signature.inputs)
+            inputs, fmt = await _off_loop(len(body), json_tensor.to_arrays, doc, signature.inputs)
             outputs = await self._deadline(self.manager.predict(servable, signature, inputs))
-            return json_tensor.to_json(outputs, fmt)
+            size = sum(getattr(a, "nbytes", 0) for a in outputs.values())
+            return await _off_loop(size, json_tensor.to_json, outputs, fmt)
         method = inference.CLASSIFY if method == "classify" else inference.REGRESS
         result = await self._deadline(inference.run(self.manager, servable, signature, method,
                                                     json_examples.to_input(doc)))
@@ -108,6 +112,32 @@ class RestApi:
         except TimeoutError:
             raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline exceeded") from None
 
+    async def _read_body(self, request):
+        """The whole body, or 413 as soon as the declared length is over the limit, 408 when it is
+        not all there within the read timeout, ClientGone when the client hangs up mid-body."""
+        limit = request.app["max_request_bytes"]
+        too_large = ServingError(Code.RESOURCE_EXHAUSTED,
+                                 f"Request body is larger than the limit of {limit} bytes", http_status=413)
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        try:
+            return await asyncio.wait_for(request.read(), self.read_timeout_s)
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+        except TimeoutError:
+            raise ServingError(Code.DEADLINE_EXCEEDED, f"Request body not received within {self.read_timeout_s}s",
+                               http_status=408) from None
+        except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError) as e:
+            log.info("%s %s: client hung up mid-body (%s)", request.method, request.path, e)
+            raise ClientGone() from None
+
+
+async def _off_loop(size, fn, *args):
+    """fn(*args), in a worker thread when the work is large (JSON <-> tensors of a big request)."""
+    if size > LARGE_BODY:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    return fn(*args)
+
 
 def _metadata_json(response):
     """GetModelMetadataResponse -> TF Serving's REST shape, with the Any unpacked (http_rest_api_util.cc)."""
@@ -118,8 +148,9 @@ def _metadata_json(response):
             "metadata": {"signature_def": json_format.MessageToDict(sig_map, **opts)}}
 
 
-def make_app(manager, *, metrics=None, metrics_path=None, max_request_bytes=32 << 20, timeout_s=None):
-    api = RestApi(manager, metrics, timeout_s)
+def make_app(manager, *, metrics=None, metrics_path=None, max_request_bytes=32 << 20, timeout_s=None,
+             read_timeout_s=DEFAULT_READ_TIMEOUT_S):
+    api = RestApi(manager, metrics, timeout_s, read_timeout_s)
     app = web.Application(client_max_size=max_request_bytes)
     app["max_request_bytes"] = max_request_bytes
     if metrics is not None and metrics_path:

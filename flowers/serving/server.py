@@ -71,6 +71,20 @@ def parse_args(argv=None):
     p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000)
     p.add_argument("--max_image_pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
                    help="reject *_bytes image inputs over this many pixels; 0: no check (not a TF Serving flag)")
+    p.add_argument("--max_request_instances", type=int, default=models.DEFAULT_MAX_INSTANCES,
+                   help="requests with more instances get 400; 0: no cap (not a TF Serving flag)")
+    p.add_argument("--max_request_pixels", type=int, default=models.DEFAULT_MAX_REQUEST_PIXELS,
+                   help="requests whose *_bytes images declare more pixels in all get 400; 0: no cap "
+                        "(not a TF Serving flag)")
+    p.add_argument("--rest_read_timeout_seconds", type=float, default=rest.DEFAULT_READ_TIMEOUT_S,
+                   help="a REST body not all received by then gets 408, and idle keep-alive "
+                        "connections are closed after it (not a TF Serving flag)")
+    p.add_argument("--allow_reload_config_requests", **flag,
+                   help="accept gRPC HandleReloadConfigRequest (unauthenticated!), only for base paths "
+                        "under --reload_config_roots (not a TF Serving flag)")
+    p.add_argument("--reload_config_roots", default="",
+                   help="comma-separated folders/URLs reloaded base paths must be under; default: the "
+                        "base paths the server starts with")
     p.add_argument("--model_threads", type=int, default=max(4, os.cpu_count() or 1),
                    help="threads for model calls when batching is off (not a TF Serving flag)")
     args = p.parse_args(argv)
@@ -134,7 +148,12 @@ class Server:
             model_executor=self.model_executor, load_executor=self.load_executor,
             allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
             max_load_retries=args.max_num_load_retries, load_retry_interval_s=args.load_retry_interval_micros / 1e6,
-            max_image_pixels=args.max_image_pixels, warmup=args.enable_model_warmup)
+            max_image_pixels=args.max_image_pixels, warmup=args.enable_model_warmup,
+            max_request_instances=args.max_request_instances, max_request_pixels=args.max_request_pixels)
+        self.reload_roots = None
+        if args.allow_reload_config_requests:
+            self.reload_roots = ([r for r in args.reload_config_roots.split(",") if r]
+                                 or [m.base_path for m in config.model_config_list.config])
         self.metrics = metrics_lib.Metrics(self.manager.model_names)
         self.manager.metrics = self.metrics
         self.grpc_addr = self.rest_url = None
@@ -144,7 +163,8 @@ class Server:
         args = self.args
         await self.manager.start()
         self._grpc = grpc_service.make_server(self.manager, metrics=self.metrics,
-                                              max_request_bytes=args.grpc_max_request_bytes, options=args.grpc_options)
+                                              max_request_bytes=args.grpc_max_request_bytes, options=args.grpc_options,
+                                              reload_roots=self.reload_roots)
         addresses = [_address(args.grpc_host, args.port)]
         if args.grpc_socket_path:
             addresses.append(f"unix:{args.grpc_socket_path}")
@@ -165,8 +185,8 @@ class Server:
             app = rest.make_app(self.manager, metrics=self.metrics, metrics_path=self.metrics_path,
                                 max_request_bytes=args.rest_max_request_bytes,
                                 timeout_s=args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0
-                                else None)
-            self._runner = web.AppRunner(app, access_log=None)
+                                else None, read_timeout_s=args.rest_read_timeout_seconds)
+            self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=args.rest_read_timeout_seconds)
             await self._runner.setup()
             site = web.TCPSite(self._runner, args.rest_api_host, args.rest_api_port, reuse_address=True)
             await site.start()

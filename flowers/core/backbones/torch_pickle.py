@@ -64,6 +64,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError("storage of unknown type")
         if len(saved_id) > 5 and saved_id[5] is not None:
             raise pickle.UnpicklingError("storage views are not supported")
+        if not isinstance(numel, int) or numel < 0:
+            raise pickle.UnpicklingError(f"storage {key!r}: bad element count {numel!r}")
         self.storages[key] = (storage_type.dtype, numel)
         return key
 
@@ -84,18 +86,45 @@ def load_state_dict(path):
         keys = _plain_load(f)
         data = {}
         for key in keys:
+            if key not in unpickler.storages:
+                raise ValueError(f"{path}: storage {key!r} is not used by any tensor")
             dtype, numel = unpickler.storages[key]
-            (count,) = struct.unpack("<q", f.read(8))
+            header = f.read(8)
+            if len(header) != 8:
+                raise ValueError(f"{path}: file ends before storage {key}")
+            (count,) = struct.unpack("<q", header)
             if count != numel:
                 raise ValueError(f"{path}: storage {key} holds {count} elements, expected {numel}")
-            data[key] = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
+            raw = f.read(count * dtype.itemsize)
+            if len(raw) != count * dtype.itemsize:
+                raise ValueError(f"{path}: storage {key} is cut short ({len(raw)} of "
+                                 f"{count * dtype.itemsize} bytes)")
+            data[key] = np.frombuffer(raw, dtype=dtype)
     out = collections.OrderedDict()
     for name, ref in state.items():
         if not isinstance(ref, _TensorRef):
             raise ValueError(f"{path}: entry {name} is not a tensor")
+        if ref.storage_key not in data:
+            raise ValueError(f"{path}: entry {name} has no storage data")
         storage = data[ref.storage_key]
+        _check_bounds(path, name, ref, len(storage))
         itemsize = storage.dtype.itemsize
         arr = np.lib.stride_tricks.as_strided(
             storage[ref.offset:], shape=ref.size, strides=[s * itemsize for s in ref.stride])
         out[name] = np.array(arr)  # copy: own, contiguous memory
     return out
+
+
+def _check_bounds(path, name, ref, numel):
+    """as_strided trusts its arguments: a tensor reaching past its storage (a crafted file)
+    would read arbitrary memory or segfault, so every element it addresses is checked first."""
+    fields = (ref.offset, *ref.size, *ref.stride)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields):
+        raise ValueError(f"{path}: tensor {name} has a negative or non-integer offset, size or stride")
+    if len(ref.size) != len(ref.stride):
+        raise ValueError(f"{path}: tensor {name} has {len(ref.size)} sizes but {len(ref.stride)} strides")
+    if 0 in ref.size:
+        return
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
+    if last >= numel:
+        raise ValueError(f"{path}: tensor {name} reaches element {last} of a storage of {numel}")
