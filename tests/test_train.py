@@ -99,11 +99,18 @@ def test_history_covers_the_whole_run_and_matches_tensorboard(resumed):
     assert all(len(v) == len(h["steps"]) for v in h.values())
     assert all(0 <= a <= 1 for a in h["train_accuracy"] + h["eval_accuracy"])
     assert h["eval_loss"][-1] < h["eval_loss"][0]
-    # TensorBoard's eval curve is the history's, and its last point is metrics.json's accuracy.
+    # TensorBoard's curves are the history's, and the last eval point is metrics.json's accuracy. The
+    # SIGKILL may land before TensorBoard's writer flushed the killed run's last points: those may miss.
     tb = scalars(output, "validation", "evaluation_accuracy_vs_iterations")
-    assert [tb[s] for s in h["steps"]] == pytest.approx(h["eval_accuracy"], abs=1e-6)
+    assert set(tb) <= set(h["steps"]) and len(tb) >= len(h["steps"]) - 2
+    assert [tb[s] for s in sorted(tb)] == pytest.approx([a for s, a in zip(h["steps"], h["eval_accuracy"])
+                                                         if s in tb], abs=1e-6)
+    assert tb[MAX_STEPS] == pytest.approx(h["eval_accuracy"][-1], abs=1e-6)
     assert h["eval_accuracy"][-1] == pytest.approx(m["accuracy"], abs=1e-6)
-    assert list(scalars(output, "train", "epoch_loss").values()) == pytest.approx(h["train_loss"], abs=1e-6)
+    train_tb = scalars(output, "train", "epoch_loss")  # keyed by epoch: step / EVAL_EVERY - 1
+    assert len(train_tb) >= len(h["steps"]) - 2
+    assert [train_tb[e] for e in sorted(train_tb)] == pytest.approx(
+        [h["train_loss"][e] for e in sorted(train_tb)], abs=1e-6)
     # Non-terminal progress: one line per evaluation of this run, then the summary and the next command.
     lines = resumed["stdout"].splitlines()
     evaluations = [line for line in lines if line.startswith("step ")]
