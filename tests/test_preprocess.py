@@ -183,6 +183,7 @@ def test_multi_process_runner_writes_the_same_records_as_one_worker(run, tmp_pat
             # Batches differ between the runs; oneDNN may then round differently in the last bits.
             np.testing.assert_allclose(got[uri][0], embedding, atol=1e-5, rtol=0)
         with open(preprocess.rejected_path(run[split])) as a, open(preprocess.rejected_path(prefix)) as b:
-            assert sorted(a) == sorted(b)
+            # line, input, reason (a decoder message names a per-process TF function: not compared)
+            assert sorted(r[:3] for r in csv.reader(a)) == sorted(r[:3] for r in csv.reader(b))
         meta, want_meta = records.read_metadata(prefix), records.read_metadata(run[split])
         assert meta["counts"] == want_meta["counts"]

@@ -31,14 +31,14 @@ import apache_beam as beam
 import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 from apache_beam.utils.windowed_value import WindowedValue
 
 from flowers.core import backbones, images, records, storage
 from flowers.core.rejection import Rejection
 from flowers.data import rows as csv_rows
 from flowers.preprocess import options
-from flowers.preprocess.handler import BackboneModelHandler
+from flowers.preprocess import handler as model_handler
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def build(p, jobs, label_names, backbone_name, max_pixels=images.DEFAULT_MAX_PIX
         | "ReadImages" >> beam.ParDo(
             ReadImages(spec.image_size, max_pixels)).with_outputs(REJECTED, main="images"))
     rejects.append(decoded[REJECTED])
-    handler = BackboneModelHandler(backbone_name, min_batch_size, max_batch_size)
+    handler = model_handler.BackboneModelHandler(backbone_name, min_batch_size, max_batch_size)
     embedded = (
         decoded.images
         | "Embed" >> RunInference(KeyedModelHandler(handler))
@@ -266,9 +266,11 @@ def run(argv=None, test_pipeline=None):
         remove_old_outputs(prefix)
 
     start = time.perf_counter()
+    runner = args.options.view_as(StandardOptions).runner
+    if _embeds_in_this_process(args.options):
+        model_handler.preload(args.backbone)  # loads while Beam plans and runs the CSV stage
     p = test_pipeline or beam.Pipeline(options=args.options)
     build(p, jobs, label_names, args.backbone, args.max_pixels, args.min_batch_size, args.max_batch_size)
-    runner = args.options.view_as(StandardOptions).runner
     n_rows = sum(len(lines) for _, lines, _ in jobs)
     _LOGGER.info("embedding %d rows with %s on %s", n_rows, args.backbone, runner)
     p.run().wait_until_finish()
@@ -277,6 +279,12 @@ def run(argv=None, test_pipeline=None):
     metadata = [records.read_metadata(prefix) for prefix in args.outputs]
     print_summary(args.outputs, metadata, elapsed)
     return metadata
+
+
+def _embeds_in_this_process(pipeline_options):
+    runner = pipeline_options.view_as(StandardOptions).runner
+    mode = pipeline_options.view_as(DirectOptions).direct_running_mode
+    return runner in ("FnApiRunner", "DirectRunner", None) and mode != "multi_processing"
 
 
 def print_summary(prefixes, metadata, elapsed):
