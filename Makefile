@@ -16,6 +16,10 @@ $(STAMP): $(REQS)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-dev.txt -c constraints.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
+	@# Debian's chromium for the console's browser tests (Playwright drives it; no browser download).
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+		echo "warning: tests/test_console.py needs Debian's chromium: sudo apt-get install chromium" >&2
 	touch $@
 
 demo: $(STAMP)

@@ -1,12 +1,15 @@
-"""The flowers Kubeflow pipeline: import data -> preprocess -> train -> evaluate -> deploy.
+"""The flowers Kubeflow pipeline: import data -> preprocess -> train -> evaluate (gate) -> deploy.
 
     python pipeline.py compile [--output pipeline.yaml] [--no-gpu]
     python pipeline.py run --local [--data DIR]
-    python pipeline.py submit --host URL [--experiment NAME] [--run-name NAME]
+    python pipeline.py submit --host URL --param model_base_path=gs://... --param model_config_file=...
+        --param data_dir=gs://... [--param NAME=VALUE ...] [--experiment NAME] [--run-name NAME]
 """
 import argparse
+import logging
 import os
 import pathlib
+import re
 import sys
 import warnings
 
@@ -18,6 +21,12 @@ from flowers.pipeline import components
 ROOT = pathlib.Path(__file__).resolve().parent
 GPU_NODE_LABEL = "cloud.google.com/gke-accelerator"
 DEFAULT_GPU = os.environ.get("FLOWERS_GPU_TYPE", "nvidia-tesla-t4")
+CSV_PARAMS = ("train_csv", "eval_csv", "dict_path")
+ANSI_COLOR = r"\x1b\[[0-9;]*m"  # kfp.local colours its messages
+
+
+class UsageError(Exception):
+    """A bad command line or pipeline argument: reported in one line, before anything runs."""
 
 
 def build_pipeline(use_gpu=True, gpu_type=DEFAULT_GPU, gpu_count=1):
@@ -25,12 +34,14 @@ def build_pipeline(use_gpu=True, gpu_type=DEFAULT_GPU, gpu_count=1):
 
     @dsl.pipeline(name="flowers", description="Transfer learning on flower photos, served by TF Serving")
     def flowers_pipeline(
+        model_base_path: str,
+        model_config_file: str,
         data_dir: str = "",
         train_csv: str = "",
         eval_csv: str = "",
         dict_path: str = "",
-        eval_fraction: float = 0.1,
-        seed: int = 0,
+        eval_fraction: float = defaults.EVAL_FRACTION,
+        seed: int = defaults.SPLIT_SEED,
         backbone: str = defaults.BACKBONE,
         beam_args: str = "",
         max_steps: int = defaults.MAX_STEPS,
@@ -38,12 +49,37 @@ def build_pipeline(use_gpu=True, gpu_type=DEFAULT_GPU, gpu_count=1):
         learning_rate: float = defaults.LEARNING_RATE,
         dropout: float = defaults.DROPOUT,
         hidden_units: int = defaults.HIDDEN_UNITS,
-        accuracy_threshold: float = 0.9,
-        model_base_path: str = "gs://BUCKET/models/flowers",
-        model_config_file: str = "gs://BUCKET/models/models.config",
+        accuracy_threshold: float = defaults.ACCURACY_THRESHOLD,
         model_name: str = defaults.MODEL_NAME,
         label: str = defaults.STABLE,
     ):
+        """Transfer learning on flower photos, served by TF Serving.
+
+        Args:
+            model_base_path: Required. Where the servable versions go (BASE/<version>/), as the
+                pipeline's steps see it, e.g. gs://BUCKET/models/flowers. The gate reads the stable
+                version's metrics here.
+            model_config_file: Required. TF Serving's models.config: gs://BUCKET/models/models.config
+                or configmap://NAMESPACE/NAME (the ConfigMap k8s/ mounts).
+            data_dir: A folder-per-class photo tree (local or gs://), split into train and eval CSVs.
+                Give this, or all of train_csv, eval_csv and dict_path.
+            train_csv: The lab's train CSV (uri,label[,label...]) when data_dir is empty.
+            eval_csv: The lab's eval CSV when data_dir is empty.
+            dict_path: dict.txt, one label per line, when data_dir is empty.
+            eval_fraction: Share of each class held out for eval when splitting data_dir.
+            seed: Seed of the train/eval split of data_dir.
+            backbone: Image backbone that computes the embeddings (flowers.core.backbones).
+            beam_args: Extra Beam flags for preprocess, e.g. "--runner DataflowRunner --project P".
+            max_steps: Training steps of the head.
+            batch_size: Training batch size.
+            learning_rate: Adam learning rate.
+            dropout: Dropout rate before the head's output layer.
+            hidden_units: Units of the head's hidden layer.
+            accuracy_threshold: Least eval accuracy a model needs to be deployed (it must also be no
+                worse than the version the stable label serves now).
+            model_name: The served model's name in models.config.
+            label: The version label the deployed model gets (stable, or canary for a trial).
+        """
         data = components.import_data(data_dir=data_dir, train_csv=train_csv, eval_csv=eval_csv,
                                       dict_path=dict_path, eval_fraction=eval_fraction, seed=seed)
         data.set_display_name("Import data")
@@ -59,13 +95,14 @@ def build_pipeline(use_gpu=True, gpu_type=DEFAULT_GPU, gpu_count=1):
             kubernetes.add_node_selector(trained, label_key=GPU_NODE_LABEL, label_value=gpu_type)
             kubernetes.add_toleration(trained, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
         gate = components.evaluate(model=trained.outputs["model"], accuracy_threshold=accuracy_threshold,
-                                   model_config_file=model_config_file, model_name=model_name)
+                                   model_base_path=model_base_path, model_config_file=model_config_file,
+                                   model_name=model_name)
         gate.set_display_name("Evaluate (gate)").set_caching_options(False)
-        # The gate runs inside deploy: kfp.local cannot yet resolve a dsl.If on a task output.
-        dep = components.deploy(model=trained.outputs["model"], decision=gate.outputs["decision"],
-                                reason=gate.outputs["reason"], model_base_path=model_base_path,
-                                model_config_file=model_config_file, model_name=model_name, label=label)
-        dep.set_display_name("Deploy (if the gate passed)").set_caching_options(False)
+        # A refused model shows as a skipped deploy step (KFP UI and kfp.local alike).
+        with dsl.If(gate.outputs["Output"] == "deploy", name="gate-passed"):
+            dep = components.deploy(model=trained.outputs["model"], model_base_path=model_base_path,
+                                    model_config_file=model_config_file, model_name=model_name, label=label)
+            dep.set_display_name("Deploy").set_caching_options(False)
 
     return flowers_pipeline
 
@@ -77,11 +114,49 @@ def compile_pipeline(output, use_gpu=True, gpu_type=DEFAULT_GPU):
     return output
 
 
+_CASTS = {"STRING": str, "INTEGER": int, "FLOAT": float,
+          "BOOLEAN": lambda v: {"true": True, "false": False}[v.lower()]}
+
+
+def pipeline_arguments(pairs):
+    """--param NAME=VALUE pairs -> typed pipeline arguments, checked against the pipeline's
+    parameters before anything is submitted: a bad pair, an unknown name, a missing required
+    parameter or no data source is a UsageError."""
+    inputs = build_pipeline(use_gpu=False).component_spec.inputs
+    arguments = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--param {pair!r}: expected NAME=VALUE")
+        if name not in inputs:
+            raise UsageError(f"--param {name}: no such pipeline parameter (have: {', '.join(inputs)})")
+        kind = inputs[name].type.upper()
+        try:
+            arguments[name] = _CASTS.get(kind, str)(value)
+        except (KeyError, ValueError):
+            raise UsageError(f"--param {name}={value}: expected {kind.lower()}") from None
+    missing = [n for n, spec in inputs.items() if not spec.optional and not arguments.get(n)]
+    if missing:
+        raise UsageError(f"missing required pipeline parameter(s): {', '.join(missing)} (--param NAME=VALUE)")
+    if not arguments.get("data_dir") and not all(arguments.get(n) for n in CSV_PARAMS):
+        raise UsageError("no data: give --param data_dir=DIR, or all of " +
+                         ", ".join(f"--param {n}=..." for n in CSV_PARAMS))
+    return arguments
+
+
 def run_local(data_dir, workdir, enable_caching=True, **params):
     """The whole pipeline on this machine through kfp.local. Cached steps (import, preprocess,
     train) are reused when their inputs are unchanged; evaluate and deploy always run."""
     from kfp import local
 
+    if not os.path.isdir(data_dir):
+        raise UsageError(f"--data {data_dir}: not a folder (expected a folder of photos per class)")
+    from flowers.data import importer
+
+    try:  # what the import step will do, before any step runs
+        importer.scan_tree(str(data_dir))
+    except (ValueError, OSError) as e:
+        raise UsageError(f"--data {e}") from None
     workdir = pathlib.Path(workdir).resolve()
     serving = workdir / "serving"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline_root"),
@@ -91,6 +166,31 @@ def run_local(data_dir, workdir, enable_caching=True, **params):
               **params}
     task = build_pipeline(use_gpu=False)(data_dir=str(data_dir), **params)
     return task, params
+
+
+def submit(host, arguments, use_gpu=True, experiment="flowers", run_name=None, enable_caching=None):
+    """Submit a run to a Kubeflow Pipelines endpoint; returns the run's URL."""
+    import kfp
+    import kfp_server_api
+    import urllib3
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # kfp's notice about KFP server versions
+            logging.disable(logging.ERROR)  # kfp logs each failed health check with a traceback
+            try:
+                client = kfp.Client(host=host)
+            finally:
+                logging.disable(logging.NOTSET)
+        result = client.create_run_from_pipeline_func(
+            build_pipeline(use_gpu=use_gpu), arguments=arguments, run_name=run_name,
+            experiment_name=experiment, enable_caching=enable_caching)
+    except urllib3.exceptions.MaxRetryError as e:
+        raise UsageError(f"cannot reach Kubeflow Pipelines at {host}: {e.reason}") from None
+    except (urllib3.exceptions.HTTPError, kfp_server_api.ApiException, TimeoutError, OSError) as e:
+        reason = f"{e.status} {e.reason}" if isinstance(e, kfp_server_api.ApiException) else e
+        raise UsageError(f"cannot submit to Kubeflow Pipelines at {host}: {reason}") from None
+    return result.run_id, f"{host.rstrip('/')}/#/runs/details/{result.run_id}"
 
 
 def main(argv=None):
@@ -106,36 +206,41 @@ def main(argv=None):
     r.add_argument("--workdir", default=str(ROOT / "demo-output"))
     r.add_argument("--backbone", default=defaults.BACKBONE)
     r.add_argument("--max_steps", type=int, default=defaults.MAX_STEPS)
-    r.add_argument("--eval_fraction", type=float, default=0.1)
-    r.add_argument("--accuracy_threshold", type=float, default=0.9)
+    r.add_argument("--eval_fraction", type=float, default=defaults.EVAL_FRACTION)
+    r.add_argument("--accuracy_threshold", type=float, default=defaults.ACCURACY_THRESHOLD)
     r.add_argument("--no-cache", action="store_true", help="re-run every step, preprocessing included")
     s = sub.add_parser("submit", help="submit a run to a Kubeflow Pipelines endpoint")
-    s.add_argument("--host", required=True)
+    s.add_argument("--host", required=True, help="the KFP endpoint, e.g. https://....pipelines.googleusercontent.com")
     s.add_argument("--experiment", default="flowers")
     s.add_argument("--run-name")
     s.add_argument("--no-gpu", action="store_true")
     s.add_argument("--no-cache", action="store_true", help="re-run every step, preprocessing included")
-    s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter")
+    s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a pipeline parameter (model_base_path, model_config_file and a data source are required)")
     args = parser.parse_args(argv)
 
-    if args.command == "compile":
-        compile_pipeline(args.output, use_gpu=not args.no_gpu, gpu_type=args.gpu_type)
-        print(f"wrote {args.output}")
-    elif args.command == "run":
-        _, params = run_local(args.data, args.workdir, backbone=args.backbone, max_steps=args.max_steps,
-                              eval_fraction=args.eval_fraction, accuracy_threshold=args.accuracy_threshold,
-                              enable_caching=not args.no_cache)
-        print(f"\nmodel versions: {params['model_base_path']}\nmodels.config: {params['model_config_file']}\n"
-              f"serve it:  flowers serve --model_config_file {params['model_config_file']} "
-              "--port 8500 --rest_api_port 8501")
-    else:
-        import kfp
-
-        params = dict(p.split("=", 1) for p in args.param)
-        result = kfp.Client(host=args.host).create_run_from_pipeline_func(
-            build_pipeline(use_gpu=not args.no_gpu), arguments=params, run_name=args.run_name,
-            experiment_name=args.experiment, enable_caching=False if args.no_cache else None)
-        print(f"submitted run {result.run_id}")
+    try:
+        if args.command == "compile":
+            compile_pipeline(args.output, use_gpu=not args.no_gpu, gpu_type=args.gpu_type)
+            print(f"wrote {args.output}")
+        elif args.command == "run":
+            try:
+                _, params = run_local(args.data, args.workdir, backbone=args.backbone, max_steps=args.max_steps,
+                                      eval_fraction=args.eval_fraction, accuracy_threshold=args.accuracy_threshold,
+                                      enable_caching=not args.no_cache)
+            except RuntimeError as e:  # kfp.local: a step failed; its log is above
+                raise UsageError(f"the local run failed: {re.sub(ANSI_COLOR, '', str(e))}") from None
+            print(f"\nmodel versions: {params['model_base_path']}\nmodels.config: {params['model_config_file']}\n"
+                  f"serve it:  flowers serve --model_config_file {params['model_config_file']} "
+                  "--port 8500 --rest_api_port 8501")
+        else:
+            run_id, url = submit(args.host, pipeline_arguments(args.param), use_gpu=not args.no_gpu,
+                                 experiment=args.experiment, run_name=args.run_name,
+                                 enable_caching=False if args.no_cache else None)
+            print(f"submitted run {run_id}: {url}")
+    except UsageError as e:
+        print(f"pipeline.py {args.command}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,7 +12,12 @@ and measures, in alternating rounds so that both sides share the machine's noise
   throughput  images/s: the in-process function on batches of --clients images (one call at a
               time, and as many calls at once as the server has batch threads), against
               --clients concurrent clients sending one image each to the batching server.
-Prints the ratios. Targets: p50 overhead at most 15 %; throughput at least 0.7 of in process.
+  hot load    REST latency of the first request to a version hot-loaded while the server runs
+              (serve image's batching config), with and without --enable_model_warmup, against
+              the steady-state p50 of the loaded version (--hot_loads new versions per mode).
+Prints the ratios. Targets: p50 overhead at most 15 %; throughput at least 0.7 of in process;
+first request after a hot load at most 2x the steady p50 with warmup.
+    .venv/bin/python bench/serve.py --only_hot_load     # just the hot-load part
 """
 import argparse
 import asyncio
@@ -42,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batching_config", default=str(ROOT / "containers" / "serve" / "batching.config"))
+    p.add_argument("--hot_loads", type=int, default=3, help="new versions loaded per warmup mode; 0: skip")
+    p.add_argument("--only_hot_load", action="store_true", help="skip the overhead and throughput parts")
     return p.parse_args(argv)
 
 
@@ -167,6 +174,77 @@ def batched_in_process(sides, batch, seconds, threads=1):
     return total / (time.perf_counter() - start)
 
 
+def _post(conn, path, body):
+    t = time.perf_counter()
+    conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    assert resp.status == 200, data[:300]
+    return time.perf_counter() - t
+
+
+def _wait_available(conn, version, timeout_s=300):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        conn.request("GET", f"/v1/models/flowers/versions/{version}")
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status == 200 and json.loads(body)["model_version_status"][0]["state"] == "AVAILABLE":
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"version {version} not AVAILABLE after {timeout_s}s")
+
+
+def hot_load(version_path, photos, batching_config, warmup, loads, steady_requests):
+    """(steady p50 s, [first-request latency s per hot-loaded version]) for one server."""
+    import shutil
+
+    from flowers import testing
+
+    bodies = [json.dumps({"instances": [{"key": str(i), "image_bytes": {"b64": base64.b64encode(p).decode()}}]})
+              for i, p in enumerate(photos)]
+    with tempfile.TemporaryDirectory(prefix="bench-hot-") as tmp:
+        base = pathlib.Path(tmp) / "flowers"
+        shutil.copytree(version_path, base / "1")
+        args = ["--model_base_path", str(base), "--file_system_poll_wait_seconds", "0.05", "--enable_batching",
+                "--batching_parameters_file", batching_config, *(["--enable_model_warmup"] if warmup else [])]
+        proc, rest_url, _ = testing.start_subprocess(args)
+        try:
+            url = urllib.parse.urlparse(rest_url)
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
+            steady = [_post(conn, "/v1/models/flowers:predict", bodies[i % len(bodies)])
+                      for i in range(steady_requests + 3)][3:]
+            firsts = []
+            for version in range(2, loads + 2):
+                shutil.copytree(version_path, base / f".{version}.tmp")  # appear whole, as deploys do
+                os.rename(base / f".{version}.tmp", base / str(version))
+                _wait_available(conn, version)
+                firsts.append(_post(conn, f"/v1/models/flowers/versions/{version}:predict",
+                                    bodies[version % len(bodies)]))
+                steady += [_post(conn, "/v1/models/flowers:predict", bodies[i % len(bodies)]) for i in range(5)]
+        finally:
+            testing.stop_subprocess(proc)
+    return statistics.median(steady), firsts
+
+
+def report_hot_load(args, version_path, photos):
+    if args.hot_loads <= 0:
+        return True
+    print(f"\nfirst request after a hot load (REST, batch 1, {args.hot_loads} new versions per mode, "
+          f"{pathlib.Path(args.batching_config).name})")
+    print(f"  {'mode':16} {'steady p50 ms':>14} {'first ms (each)':>28} {'worst / p50':>12}")
+    ok = True
+    for warmup in (False, True):
+        p50, firsts = hot_load(version_path, photos, args.batching_config, warmup, args.hot_loads,
+                               max(10, args.requests // 3))
+        ratio = max(firsts) / p50
+        ok = ok if not warmup else ratio <= 2.0
+        each = " ".join(f"{f * 1e3:.0f}" for f in firsts)
+        print(f"  {'warmup' if warmup else 'no warmup':16} {p50 * 1e3:14.1f} {each:>28} {ratio:12.2f}")
+    print(f"target (first request <= 2x p50 with warmup): {'met' if ok else 'NOT met'}")
+    return ok
+
+
 def main(argv=None):
     args = parse_args(argv)
     import tensorflow as tf
@@ -180,6 +258,9 @@ def main(argv=None):
         from flowers.core import base_path
 
         version_path = base_path.version_dir(base)
+        if args.only_hot_load:
+            report_hot_load(args, version_path, photos)
+            return 0
         fn = tf.saved_model.load(version_path).signatures["serving_default"]
         common = ["--model_name", "flowers", "--model_base_path", base]
         plain, plain_rest, plain_grpc = testing.start_subprocess(common)
@@ -216,6 +297,7 @@ def main(argv=None):
         finally:
             testing.stop_subprocess(plain)
             testing.stop_subprocess(batched)
+        report_hot_load(args, version_path, photos)
 
     base_p50 = statistics.median(latency["in process"])
     print(f"\nlatency, batch 1, {len(latency['in process'])} requests per side, one client")

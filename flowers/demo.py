@@ -31,7 +31,9 @@ def main(argv=None):
     if not config.exists():
         raise SystemExit(f"{config} missing: the pipeline deployed nothing (see its gate's reason)")
     rows = held_out_rows(workdir)
-    with testing.running(["--model_config_file", str(config)]) as (rest_url, grpc_addr):
+    # polling models.config, as the README's command: `flowers versions set-default` takes effect
+    with testing.running(["--model_config_file", str(config), "--model_config_file_poll_wait_seconds", "5"]) \
+            as (rest_url, grpc_addr):
         print(f"serving {config} at {rest_url} (REST) and {grpc_addr} (gRPC)")
         status = client.RestClient(rest_url).status(defaults.MODEL_NAME, label=defaults.STABLE)
         print(f"stable -> version {status['model_version_status'][0]['version']}")

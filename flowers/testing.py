@@ -15,7 +15,7 @@ from google.protobuf import text_format
 
 from flowers.core import model_config
 from flowers.serving import metrics as metrics_lib, protos
-from flowers.serving.server import READY
+from flowers.serving.server import NO_VERSIONS, READY
 
 
 def write_config_files(folder, model_name, base_path, *, labels=None, policy="latest {}", batching_text=None,
@@ -68,7 +68,7 @@ def start_subprocess(args, *, env=None, timeout_s=180, log_path=None, tries=3):
         proc.log_path = path
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if READY in _tail(path, None):
+            if any(line in _tail(path, None) for line in (READY, NO_VERSIONS)):
                 return proc, f"http://127.0.0.1:{rest_port}", f"127.0.0.1:{port}"
             if proc.poll() is not None:
                 break

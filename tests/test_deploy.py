@@ -119,7 +119,7 @@ def test_versions_cli_lists_and_refuses_what_cannot_be_done(exported_model, serv
 
     assert versions.main(["list", "--model_config_file", config]) == 0
     out = capsys.readouterr().out.splitlines()
-    rows = {line.split()[0]: line.split()[1:] for line in out[2:]}
+    rows = {line.split()[0]: [line.split()[1], line.split()[-1]] for line in out[2:]}  # version: served, labels
     assert rows == {"1": ["yes", "stable"], "2": ["yes", "canary"]}
 
     before = pathlib.Path(config).read_text()
@@ -134,6 +134,21 @@ def test_versions_cli_lists_and_refuses_what_cannot_be_done(exported_model, serv
     model = read_model(config)
     assert dict(model.version_labels) == {"stable": 2, "previous": 1}
     assert list(model.model_version_policy.specific.versions) == [1, 2]
+
+
+def test_versions_list_follows_a_latest_n_policy(tmp_path, capsys):
+    """Under `latest { num_versions: 2 }` the two highest versions are served (the old listing
+    marked only the highest one)."""
+    base = tmp_path / "flowers"
+    for v in (1, 2, 3):
+        (base / str(v)).mkdir(parents=True)
+        (base / str(v) / "saved_model.pb").write_bytes(b"")
+    testing.write_config_files(str(tmp_path), "flowers", base, labels={"stable": 2},
+                               policy="latest { num_versions: 2 }", metrics_path=None)
+    assert versions.main(["list", "--model_config_file", str(tmp_path / "models.config")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in out[2:]}
+    assert rows == {"1": ["no"], "2": ["yes", "stable"], "3": ["yes"]}
 
 
 def test_version_dir_takes_a_version_folder_or_the_highest_in_its_parent(exported_model, tmp_path):

@@ -160,7 +160,12 @@ def test_probes_ask_the_rest_model_status(rendered, name):
 
 @pytest.mark.parametrize("name", SERVING)
 def test_pods_run_unprivileged(rendered, name):
-    spec = pod_spec(rendered[name])
+    assert_unprivileged(pod_spec(rendered[name]))
+    namespace = one(rendered[name], "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def assert_unprivileged(spec):
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] != 0
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -175,8 +180,6 @@ def test_pods_run_unprivileged(rendered, name):
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][kind]), kind
     assert not any("hostPath" in v for v in spec["volumes"]), "hostPath breaks the restricted Pod Security level"
-    namespace = one(rendered[name], "Namespace")
-    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
 @pytest.mark.parametrize("name", SERVING)
@@ -283,3 +286,102 @@ def test_kserve_inference_service_is_well_formed(rendered):
     kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "flowers"}, "spec": pod},
                                  K8S_VERSION, strict=True)
     assert container["securityContext"]["runAsNonRoot"] is True
+
+
+# --- The console (k8s/console/): its own Deployment and ClusterIP Service beside the server. ------
+
+CONSOLE = ("console/base", "console/local")
+CONSOLE_DIR = K8S.parent / "containers" / "console"
+
+
+@pytest.fixture(scope="module")
+def console_rendered():
+    out = {}
+    for name in CONSOLE:
+        run = subprocess.run(["kubectl", "kustomize", str(K8S / name)], capture_output=True, text=True)
+        assert run.returncode == 0, f"kubectl kustomize k8s/{name} failed:\n{run.stderr}"
+        out[name] = [doc for doc in yaml.safe_load_all(run.stdout) if doc]
+    return out
+
+
+def selector_labels(selector):
+    """A label selector as the labels it requires (matchLabels, and single-value In expressions)."""
+    labels = dict(selector.get("matchLabels", {}))
+    for e in selector.get("matchExpressions", []):
+        assert e["operator"] == "In" and len(e["values"]) == 1, e
+        labels[e["key"]] = e["values"][0]
+    return labels
+
+
+@pytest.mark.parametrize("name", CONSOLE)
+def test_console_validates_and_is_hardened_like_the_server(console_rendered, name):
+    docs = console_rendered[name]
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert sorted(d["kind"] for d in docs) == ["Deployment", "NetworkPolicy", "Service", "ServiceAccount"]
+    spec = one(docs, "Deployment", "flowers-console")["spec"]["template"]["spec"]
+    assert_unprivileged(spec)
+    assert all("subPath" not in m for c in spec["containers"] for m in c["volumeMounts"])
+
+
+@pytest.mark.parametrize("name,serving", [("console/base", "base"), ("console/local", "overlays/local")])
+def test_console_reaches_the_server_and_reads_its_live_config(console_rendered, rendered, name, serving):
+    docs, served = console_rendered[name], rendered[serving]
+    deployment = one(docs, "Deployment", "flowers-console")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert matches(deployment["spec"]["selector"]["matchLabels"], pod_labels)
+    service = one(docs, "Service", "flowers-console")["spec"]
+    assert service["type"] == "ClusterIP" and matches(service["selector"], pod_labels)
+    spec = deployment["spec"]["template"]["spec"]
+    container = named(spec["containers"], "console")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert {p["targetPort"]: p["port"] for p in service["ports"]} == {"http": 8080} and ports == {"http": 8080}
+    # The console image's ENTRYPOINT, then the server's Service and the live models.config.
+    dockerfile = (CONSOLE_DIR / "Dockerfile").read_text()
+    entrypoint = next(line.split(None, 1)[1] for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT"))
+    assert container["command"] == json.loads(entrypoint)
+    http = {p["name"]: p["port"] for p in one(served, "Service", "flowers-serve")["spec"]["ports"]}["http"]
+    assert f"--server=http://flowers-serve:{http}" in container["args"]
+    assert "--model_config_file=/config/models.config" in container["args"]
+    config = named(spec["volumes"], "config")["configMap"]["name"]
+    assert config == "flowers-models" and "models.config" in config_maps(served)[config]["data"]
+    one(docs, "ServiceAccount", spec["serviceAccountName"])
+    namespace = one(served, "Namespace")["metadata"]["name"]
+    assert {d["metadata"]["namespace"] for d in docs} == {namespace}
+    # Network: only the page comes in; the server's REST port is reachable from here.
+    policy = one(docs, "NetworkPolicy", "flowers-console")["spec"]
+    assert matches(policy["podSelector"]["matchLabels"], pod_labels)
+    assert {(p["port"], p["protocol"]) for rule in policy["ingress"] for p in rule["ports"]} == {(8080, "TCP")}
+    serve_pods = one(served, "Deployment", "flowers-serve")["spec"]["template"]["metadata"]["labels"]
+    assert any(matches(selector_labels(peer.get("podSelector", {})), serve_pods) and
+               {"port": 8501, "protocol": "TCP"} in rule["ports"]
+               for rule in policy["egress"] for peer in rule.get("to", []))
+    # Local: the version folders (eval files) from the server's claim, read-only.
+    if name == "console/local":
+        one(served, "PersistentVolumeClaim", named(spec["volumes"], "models")["persistentVolumeClaim"]["claimName"])
+        assert {m["mountPath"]: m.get("readOnly") for m in container["volumeMounts"]}["/models"] is True
+        assert "annotations" not in one(docs, "ServiceAccount")["metadata"]
+        assert container["image"] == f"flowers/console:{flowers.__version__}"
+    else:
+        assert container["image"] == f"REGION-docker.pkg.dev/PROJECT/flowers/console:{flowers.__version__}"
+        assert one(docs, "ServiceAccount")["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+
+
+def test_project_settings_flow_in_through_replacements_not_sed(tmp_path):
+    """A user's bucket and service account in k8s/base/gcp.env reach models.config and the
+    ServiceAccount in every GKE render; the settings ConfigMap itself is never applied."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    (copy / "base" / "gcp.env").write_text("model_base_path=gs://my-bucket/models/flowers\n"
+                                           "gcp_service_account=flowers-serve@my-proj.iam.gserviceaccount.com\n")
+    for name in ("base", "overlays/gpu"):
+        run = subprocess.run([shutil.which("kubectl"), "kustomize", str(copy / name)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        docs = [doc for doc in yaml.safe_load_all(run.stdout) if doc]
+        models = model_config.parse(config_maps(docs)["flowers-models"]["data"]["models.config"])
+        assert model_config.find(models, "flowers").base_path == "gs://my-bucket/models/flowers", name
+        annotations = one(docs, "ServiceAccount")["metadata"]["annotations"]
+        assert annotations["iam.gke.io/gcp-service-account"] == "flowers-serve@my-proj.iam.gserviceaccount.com"
+        assert "flowers-gcp" not in config_maps(docs)
+    readme = (K8S.parent / "README.md").read_text()
+    assert "| sed" not in readme and "kustomize edit set image" in readme

@@ -1,8 +1,6 @@
 """Behaviour of the local server and the clients that the contract suite cannot assume of
-every TF Serving: version roll-out while serving, config reload, batching, the CLIs."""
-import base64
-import io
-import json
+every TF Serving: version roll-out while serving, config reload, batching (the client CLIs:
+test_predict.py)."""
 import os
 import pathlib
 import re
@@ -13,11 +11,10 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from flowers import testing
 from flowers.core import model_config
-from flowers.predict import batch as batch_predict, cli as predict, client
+from flowers.predict import client
 from flowers.serving import batching, protos
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -146,56 +143,6 @@ def test_new_version_label_move_and_unload_without_dropping_requests(live):
         stop.set()
         asker.join()
     assert statuses and set(statuses) == {"OK"}, [s for s in statuses if s != "OK"][:3]
-
-
-def test_predict_cli_prints_json_lines_and_table(live, tmp_path, capsys):
-    paths = held_out(live)[:2]
-    bad = tmp_path / "notes.jpg"
-    bad.write_text("not an image")
-    assert predict.main([*paths, str(bad), "--server", live["rest"], "--json"]) == 1
-    out, err = capsys.readouterr()
-    rows = [json.loads(line) for line in out.splitlines()]
-    assert [r["key"] for r in rows] == paths
-    assert all(set(r) == {"key", "prediction", "label", "scores"} for r in rows)
-    assert f"{bad}: skipped: not_an_image" in err
-    assert predict.main([*paths, "--grpc", live["grpc"], "--label", "stable", "--keys", "a", "b"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split("\t")[0] for line in lines] == ["a", "b"]
-    assert [line.split("\t")[1] for line in lines] == [r["label"] for r in rows]
-
-
-def test_dump_request_writes_the_labs_request_json_without_a_server(photos, tmp_path):
-    paths = photos["roses"][:2]
-    out = tmp_path / "request.json"
-    assert predict.main([*paths, "--dump-request", str(out)]) == 0
-    body = json.loads(out.read_text())
-    assert [i["key"] for i in body["instances"]] == paths
-    assert [base64.b64decode(i["image_bytes"]["b64"]) for i in body["instances"]] == read(paths)
-
-
-def test_batch_predict_writes_predictions_and_rejects_bad_files(exported_model, tmp_path):
-    held = exported_model["held_out"]
-    good = [held["daisy"][0], held["tulips"][0], held["roses"][0]]
-    (tmp_path / "notes.jpg").write_text("not an image")
-    png = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 10, 10)).save(png, "PNG")
-    (tmp_path / "cut.png").write_bytes(png.getvalue()[:60])  # a valid header, then nothing: fails in the model
-    csv = tmp_path / "images.csv"
-    csv.write_text(f"{good[0]},daisy\n{good[1]}\ncut.png\n{good[2]},roses\nnotes.jpg,daisy\nmissing.jpg\n")
-    result = batch_predict.run(["--input_path", str(csv), "--output_path", str(tmp_path / "out" / "predictions"),
-                                "--model_dir", exported_model["base_path"], "--batch_size", "4"])
-    lines = [json.loads(line) for f in sorted((tmp_path / "out").glob("predictions-*.json"))
-             for line in f.read_text().splitlines()]
-    assert sorted(r["key"] for r in lines) == sorted(good)
-    by_key = {r["key"]: r for r in lines}
-    assert by_key[good[0]]["labels"] == ["daisy"] and "labels" not in by_key[good[1]]
-    assert all(abs(sum(r["scores"]) - 1) < 1e-4 and r["label"] in exported_model["labels"] for r in lines)
-    rejected = [json.loads(line) for f in (tmp_path / "out").glob("predictions.rejected-*.json")
-                for line in f.read_text().splitlines()]
-    assert sorted((pathlib.Path(r["uri"]).name, r["reason"]) for r in rejected) == [
-        ("cut.png", "corrupt_image"), ("missing.jpg", "missing_file"), ("notes.jpg", "not_an_image")]
-    assert batch_predict.counts(result) == {"predicted": 3, "rejected_corrupt_image": 1,
-                                            "rejected_missing_file": 1, "rejected_not_an_image": 1}
 
 
 def test_batch_queue_isolates_a_failing_request_and_pads_to_allowed_sizes():

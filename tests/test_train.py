@@ -13,9 +13,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from flowers.core import backbones, base_path, records
+from flowers.core import backbones, base_path, defaults, records
 from flowers.preprocess import pipeline as preprocess
 from flowers.train import metrics, trainer as train
+from flowers.train.head import build_head, compile_head, hit
 
 BACKBONE = "efficientnet_lite0"
 MAX_STEPS, EVAL_EVERY = 400, 20
@@ -46,54 +47,89 @@ def cli(embedded, output, *extra):
             "--max_steps", str(MAX_STEPS), "--eval_every", str(EVAL_EVERY), *extra]
 
 
+def backup_step(output):
+    """The step BackupAndRestore's backup holds (0 when there is none)."""
+    meta = output / "checkpoints" / "training_metadata.json"
+    return json.loads(meta.read_text())["epoch"] * EVAL_EVERY if meta.exists() else 0
+
+
 @pytest.fixture(scope="module")
 def resumed(embedded, tmp_path_factory):
-    """A CLI run SIGKILLed once its first checkpoint exists, then started again with the same dir."""
+    """A CLI run SIGKILLed once its first backup exists, then started again with the same dir."""
     output = tmp_path_factory.mktemp("run")
-    checkpoints = str(output / "checkpoints")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     first = subprocess.Popen(cli(embedded, output), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while tf.train.latest_checkpoint(checkpoints) is None and first.poll() is None and time.time() < deadline:
+    deadline = time.time() + 300
+    while not backup_step(output) and first.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert first.returncode == -signal.SIGKILL, "the first run ended before it could be killed"
-    saved = tf.train.latest_checkpoint(checkpoints)
-    assert saved, "no checkpoint before the kill"
-    second = subprocess.run(cli(embedded, output), env=env, capture_output=True, text=True, timeout=300)
+    saved = backup_step(output)
+    assert saved, "no backup before the kill"
+    second = subprocess.run(cli(embedded, output), env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
-    return {"output": output, "saved_step": int(saved.rsplit("-", 1)[1]), "stdout": second.stdout,
+    return {"output": output, "saved_step": saved, "stdout": second.stdout,
             "metrics": json.loads((output / "metrics.json").read_text())}
 
 
-def logged_train_steps(output):
-    """Steps of the 'loss' points in the newest TensorBoard train events file (the last run's)."""
-    newest = max((output / "logs" / "train").glob("events.out.tfevents.*"), key=os.path.getmtime)
-    return [e.step for e in tf.compat.v1.train.summary_iterator(str(newest))
-            for v in e.summary.value if v.tag == "loss"]
+def scalars(output, run, tag, newest_only=False):
+    """{step: value} of a TensorBoard scalar under OUT/logs/<run> (the newest events file: the last run's)."""
+    files = sorted((output / "logs" / run).glob("events.out.tfevents.*"), key=os.path.getmtime)
+    return {e.step: float(tf.make_ndarray(v.tensor)) for f in (files[-1:] if newest_only else files)
+            for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value if v.tag == tag}
 
 
-def test_killed_run_resumes_from_its_checkpoint(resumed):
+def test_killed_run_resumes_from_its_backup(resumed):
     saved, m = resumed["saved_step"], resumed["metrics"]
     assert 0 < saved < MAX_STEPS
     assert f"resuming from step {saved} " in resumed["stdout"]
     assert m["resumed_from_step"] == saved and m["steps"] == MAX_STEPS
-    # The restarted run logged only steps after the saved one, up to max_steps.
-    restarted = logged_train_steps(resumed["output"])
-    assert restarted[0] == (saved // EVAL_EVERY + 1) * EVAL_EVERY and restarted[-1] == MAX_STEPS
-    assert tf.train.latest_checkpoint(str(resumed["output"] / "checkpoints")).endswith(f"ckpt-{MAX_STEPS}")
+    # The restarted run evaluated (and logged) only steps after the saved one, up to max_steps.
+    restarted = sorted(scalars(resumed["output"], "validation", "evaluation_loss_vs_iterations", newest_only=True))
+    assert restarted == list(range(saved + EVAL_EVERY, MAX_STEPS + 1, EVAL_EVERY))
+    assert backup_step(resumed["output"]) == MAX_STEPS
+
+
+def test_history_covers_the_whole_run_and_matches_tensorboard(resumed):
+    m, output = resumed["metrics"], resumed["output"]
+    h = m["history"]
+    assert h["steps"] == list(range(EVAL_EVERY, MAX_STEPS + 1, EVAL_EVERY))  # before and after the kill
+    assert set(h) == {"steps", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy"}
+    assert all(len(v) == len(h["steps"]) for v in h.values())
+    assert all(0 <= a <= 1 for a in h["train_accuracy"] + h["eval_accuracy"])
+    assert h["eval_loss"][-1] < h["eval_loss"][0]
+    # TensorBoard's eval curve is the history's, and its last point is metrics.json's accuracy.
+    tb = scalars(output, "validation", "evaluation_accuracy_vs_iterations")
+    assert [tb[s] for s in h["steps"]] == pytest.approx(h["eval_accuracy"], abs=1e-6)
+    assert h["eval_accuracy"][-1] == pytest.approx(m["accuracy"], abs=1e-6)
+    assert list(scalars(output, "train", "epoch_loss").values()) == pytest.approx(h["train_loss"], abs=1e-6)
+    # Non-terminal progress: one line per evaluation of this run, then the summary and the next command.
+    lines = resumed["stdout"].splitlines()
+    evaluations = [line for line in lines if line.startswith("step ")]
+    assert len(evaluations) == (MAX_STEPS - resumed["saved_step"]) // EVAL_EVERY
+    assert evaluations[-1].startswith(f"step {MAX_STEPS}/{MAX_STEPS}: train_loss ")
+    assert lines[-1] == f"next: flowers deploy --model_dir {output / 'model'} --model_base_path BASE_PATH"
 
 
 def test_finished_run_does_no_more_training(resumed, embedded):
     output = resumed["output"]
-    before = sorted(p.name for p in (output / "checkpoints").iterdir())
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (output / "checkpoints").iterdir())
     result = train.train(embedded["train"], embedded["eval"], str(output), max_steps=MAX_STEPS,
                          eval_every=EVAL_EVERY, verbose=False)
     assert result["metrics"]["resumed_from_step"] == MAX_STEPS == result["metrics"]["steps"]
-    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == before
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (output / "checkpoints").iterdir()) == before
     assert result["version"] == 2 and result["export_path"].endswith("model/2")
     assert result["metrics"]["accuracy"] == resumed["metrics"]["accuracy"]
+    assert result["metrics"]["history"] == resumed["metrics"]["history"]
+
+
+def test_a_backup_of_another_head_is_refused_in_one_line(resumed, embedded, capsys):
+    code = train.main(["--train_data_paths", embedded["train"], "--eval_data_paths", embedded["eval"],
+                       "--output_path", str(resumed["output"]), "--hidden_units", "16"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err
+    assert err.startswith("flowers train: error: ") and "does not fit this head" in err
 
 
 def test_metrics_json_and_its_copy_in_the_export(resumed, embedded):
@@ -109,9 +145,29 @@ def test_metrics_json_and_its_copy_in_the_export(resumed, embedded):
     assert json.loads(copy.read_text()) == m
 
 
+def test_eval_predictions_file_and_its_copy_in_the_export(resumed, embedded):
+    output, labels, m = resumed["output"], embedded["labels"], resumed["metrics"]
+    text = (output / defaults.EVAL_PREDICTIONS_FILE).read_text()
+    assert (output / "model" / "1" / "assets.extra" / defaults.EVAL_PREDICTIONS_FILE).read_text() == text
+    rows = [json.loads(line) for line in text.splitlines()]
+    size = backbones.get(BACKBONE).embedding_size
+    in_records = [records.parse(tf.constant([s.numpy()]), size) for s in
+                  tf.data.TFRecordDataset(tf.io.gfile.glob(embedded["eval"]), compression_type="GZIP")]
+    assert [r["uri"] for r in rows] == [x["image_uri"].numpy()[0].decode() for x in in_records]
+    assert [r["labels"] for r in rows] == [[labels[i] for i in x["label"].values.numpy()] for x in in_records]
+    for r in rows:
+        assert set(r) == {"uri", "labels", "predicted", "scores"} and len(r["scores"]) == len(labels)
+        assert r["predicted"] == labels[int(np.argmax(r["scores"]))] and sum(r["scores"]) == pytest.approx(1, abs=1e-5)
+    assert np.mean([r["predicted"] in r["labels"] for r in rows]) == pytest.approx(m["accuracy"])
+    # The head in the backup scores the eval embeddings as the file says.
+    embeddings = np.concatenate([x["embedding"].numpy() for x in in_records])
+    expected = restored_head(output, labels)(embeddings, training=False).numpy()
+    np.testing.assert_allclose([r["scores"] for r in rows], expected, atol=1e-6)
+
+
 def restored_head(output, labels):
-    head = train.build_head(backbones.get(BACKBONE).embedding_size, len(labels))
-    tf.train.Checkpoint(head=head).restore(tf.train.latest_checkpoint(str(output / "checkpoints"))).expect_partial()
+    head = compile_head(build_head(backbones.get(BACKBONE).embedding_size, len(labels)))
+    head.load_weights(str(output / "checkpoints" / "latest.weights.h5"))
     return head
 
 
@@ -129,6 +185,27 @@ def test_exported_scores_equal_the_head_on_preprocessed_embeddings(resumed, embe
     np.testing.assert_allclose(out["scores"].numpy(), expected, atol=1e-5)
     assert out["prediction"].numpy().tolist() == expected.argmax(1).tolist()
     assert [k.decode() for k in out["key"].numpy()] == uris
+
+
+def test_comma_separated_patterns_train_on_every_match(embedded, tmp_path):
+    both = f"{embedded['train']}, {embedded['eval']}"
+    result = train.train(both, embedded["eval"], str(tmp_path), max_steps=5, eval_every=3, verbose=False)
+    m = result["metrics"]
+    assert m["n_train"] == embedded["n_train"] + embedded["n_eval"]
+    assert m["steps"] == 5 and m["history"]["steps"] == [3, 5]
+
+
+def test_ctrl_c_says_that_the_same_command_resumes(embedded, tmp_path):
+    run = subprocess.Popen(cli(embedded, tmp_path, "--max_steps", "100000"), env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run.stdout.readline().startswith(f"{BACKBONE}: ")  # training starts after this line
+    time.sleep(1)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-3000:]
+    ours = [line for line in err.splitlines() if line.startswith("flowers train:")]
+    assert ours == [err.splitlines()[-1]] and "Traceback" not in err
+    assert ours[0].startswith("flowers train: interrupted; run the same command again to resume")
 
 
 def encode(pixels, fmt, **kw):
@@ -165,20 +242,22 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from flowers.train import trainer as train
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-result = train.train(*sys.argv[1:4], max_steps=60, eval_every=30, verbose=False, strategy=strategy)
+result = train.train(*sys.argv[1:4], max_steps=50, eval_every=20, verbose=False, strategy=strategy)
 print(json.dumps(result["metrics"]))
 """
 
 
 def test_mirrored_strategy_over_two_devices(embedded, tmp_path):
     """The multi-GPU code path (MirroredStrategy, per-replica batches, all-reduced gradients),
-    on two logical CPU devices: steps count once per global batch and the head learns."""
+    on two logical CPU devices: steps count once per global batch, exactly max_steps of them
+    though it is no multiple of eval_every, and the head learns."""
     out = subprocess.run([sys.executable, "-c", MIRRORED, embedded["train"], embedded["eval"], str(tmp_path)],
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     m = json.loads(out.stdout.splitlines()[-1])
-    assert m["replicas"] == 2 and m["steps"] == 60 and m["train_accuracy"] >= 0.9
+    assert m["replicas"] == 2 and m["steps"] == 50 and m["history"]["steps"] == [20, 40, 50]
+    assert m["train_accuracy"] >= 0.9
     assert (tmp_path / "model" / "1" / "saved_model.pb").exists()
 
 
@@ -195,6 +274,8 @@ def test_summarize_counts_a_prediction_among_several_labels_as_correct():
     expected_loss = -np.mean([np.log(0.7), 0.5 * np.log(0.6) + 0.5 * np.log(0.3), np.log(0.3),
                               0.5 * np.log(0.3) + 0.5 * np.log(0.1)])
     assert m["loss"] == pytest.approx(expected_loss)
+    # The Keras metric fit and TensorBoard report has the same meaning.
+    assert np.asarray(hit(targets, scores)).tolist() == [1, 1, 0, 0]
 
 
 def fake_records(prefix, embedding_size=1280, labels=("daisy", "roses"), backbone=BACKBONE, label_ids=(0,),
@@ -213,6 +294,8 @@ def fake_records(prefix, embedding_size=1280, labels=("daisy", "roses"), backbon
 
 BAD_INPUTS = {
     "records match": lambda d: (str(d / "nothing-*.tfrecord.gz"), fake_records(str(d / "eval"))),
+    "no eval records match": lambda d: (fake_records(str(d / "train")),
+                                        f"{fake_records(str(d / 'eval'))},{d / 'typo-*.tfrecord.gz'}"),
     "embeddings of size [7]": lambda d: (fake_records(str(d / "train"), embedding_size=7), fake_records(str(d / "eval"))),
     "records are empty": lambda d: (fake_records(str(d / "train")), fake_records(str(d / "eval"), rows=0)),
     "has no labels": lambda d: (fake_records(str(d / "train"), labels=None), fake_records(str(d / "eval"))),

@@ -12,6 +12,13 @@ BATCH_SIZE = 100
 MAX_STEPS = 1000
 EVAL_EVERY = 100  # steps between evaluations, TensorBoard points and checkpoints
 
+# Splitting a folder tree into train/eval CSVs (flowers data import, the pipeline's import step).
+EVAL_FRACTION = 0.1
+SPLIT_SEED = 0
+
+# The deploy gate: the least eval accuracy a candidate needs (and no worse than stable).
+ACCURACY_THRESHOLD = 0.9
+
 # Files a training run writes beside its model, and copies into the export's assets.extra/.
 METRICS_FILE = "metrics.json"
 EVAL_PREDICTIONS_FILE = "eval_predictions.jsonl"
@@ -19,3 +26,8 @@ REPORT_FILE = "report.html"
 
 # Version labels in models.config.
 STABLE, PREVIOUS, CANARY = "stable", "previous", "canary"
+
+# The export's second signature (TF Serving's Classify API): serialized tf.Examples whose
+# IMAGE_FEATURE holds the image bytes -> [label, score] pairs.
+CLASSIFY_SIGNATURE = "classify"
+IMAGE_FEATURE = "image_bytes"

@@ -2,7 +2,7 @@
 split per class (stratified) and deterministically for a seed."""
 import random
 
-from flowers.core import storage
+from flowers.core import defaults, storage
 from flowers.data import rows as csv_rows
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -38,7 +38,7 @@ def scan_tree(root):
     return tree
 
 
-def import_tree(root, output, eval_fraction=0.1, seed=0):
+def import_tree(root, output, eval_fraction=defaults.EVAL_FRACTION, seed=defaults.SPLIT_SEED):
     """Write OUT/train_set.csv, OUT/eval_set.csv, OUT/dict.txt; returns (labels, n_train, n_eval)."""
     root = root if storage.is_remote(root) else storage.dirname(storage.join(root, "x"))
     tree = scan_tree(root)

@@ -8,14 +8,15 @@ The version is written under a temporary name, then renamed, so a server that po
 path never sees a half-written version; only then does models.config change (see
 flowers.versions for the labels and the version policy). The config defaults to
 `models.config` beside the base path's folder (BASE/../models.config); the model is added to it
-if it is not there yet, with BASE as its base_path. A model already in the config keeps its
+if it is not there yet, with BASE as its base_path (a local BASE made absolute, so a server
+started from any folder finds it). A model already in the config keeps its
 base_path: that is the path as the *server* sees it (e.g. /models/flowers in a pod), which may
 differ from the path deploy copies to.
 """
-import argparse
 import sys
 import uuid
 
+from flowers import cli
 from flowers.core import base_path, defaults, storage
 from flowers.deploy import stores, versions
 
@@ -53,13 +54,12 @@ def deploy(model_dir, model_base_path, model_name=defaults.MODEL_NAME, label=def
     store.read()  # fail on an unreachable config before copying anything
     version = copy_version(src, model_base_path)
     versions.update(store, model_name, lambda model: versions.set_label(model, label, version),
-                    base_path=model_base_path)
+                    base_path=storage.absolute(model_base_path))
     return version
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="flowers deploy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="flowers deploy", description=__doc__)
     parser.add_argument("--model_dir", required=True,
                         help="an exported version folder (OUT/model/3) or its parent (OUT/model: highest version)")
     parser.add_argument("--model_base_path", required=True, help="TF Serving base path, local or gs://")
@@ -75,6 +75,7 @@ def main(argv=None):
         return 1
     print(f"{args.model_name}: deployed version {version} to {args.model_base_path}, "
           f"{args.label} -> {version} ({location})")
+    print(f"next: flowers versions list --model_config_file {location} [--server http://localhost:8501]")
     return 0
 
 

@@ -17,10 +17,13 @@ The config lives in a file (local or gs://) or in a Kubernetes ConfigMap, writte
 `configmap://NAMESPACE/NAME` (key `models.config`), the one the k8s/ manifests mount at /config.
 Both go through the same edit functions; only read/write differ.
 """
-import argparse
+import datetime
+import json
 import os
 import sys
+import time
 
+from flowers import cli
 from flowers.core import base_path as layout, defaults, model_config, storage
 from flowers.core.defaults import CANARY, PREVIOUS, STABLE
 from flowers.deploy.stores import CONFIGMAP_KEY, CONFIGMAP_SCHEME, DEFAULT_NAMESPACE, StoreError, open_store
@@ -148,6 +151,35 @@ def _base_path(args, model):
     return args.model_base_path or model.base_path
 
 
+def version_info(path):
+    """(eval accuracy from the export's assets.extra/metrics.json or None, creation time as ISO UTC)."""
+    accuracy = created = None
+    metrics = storage.join(path, "assets.extra", defaults.METRICS_FILE)
+    try:
+        accuracy = json.loads(storage.read_text(metrics)).get("accuracy") if storage.exists(metrics) else None
+    except (OSError, ValueError):
+        pass
+    saved_model = storage.join(path, "saved_model.pb")
+    if not storage.is_remote(path) and os.path.exists(saved_model):
+        created = datetime.datetime.fromtimestamp(os.path.getmtime(saved_model), datetime.timezone.utc)
+        created = created.isoformat(timespec="seconds")
+    return accuracy, created
+
+
+def server_states(server, model_name):
+    """{version: state} as the server reports them (AVAILABLE, LOADING, END...)."""
+    from flowers.predict import client
+
+    try:
+        status = client.RestClient(server, timeout_s=10).status(model_name)
+    except client.ServingError as e:
+        raise VersionError(f"{server}: {e.message}") from None
+    except OSError as e:
+        raise VersionError(f"cannot reach {server} ({cli.one_line(getattr(e, 'reason', e))}); "
+                           f"is flowers serve running at {server}?") from None
+    return {int(s["version"]): s.get("state", "") for s in status.get("model_version_status", [])}
+
+
 def _list(args, store):
     text = store.read()
     if text is None:
@@ -157,30 +189,75 @@ def _list(args, store):
     by_version = {}
     for label, version in sorted(labels(model).items()):
         by_version.setdefault(version, []).append(label)
-    disk = disk_versions(base)
-    loaded = model_config.served_versions(model, disk)
+    found = layout.scan(base) if storage.isdir(base) else disk_versions(base)
+    loaded = model_config.served_versions(model, found)
+    states = server_states(args.server, model.name) if args.server else {}
+    rows = []
+    for v in sorted(set(found) | set(by_version)):
+        accuracy, created = version_info(found[v]) if v in found else (None, None)
+        rows.append({"version": v, "labels": by_version.get(v, []), "on_disk": v in found,
+                     "served_by_config": v in loaded, "accuracy": accuracy, "created": created,
+                     **({"server_state": states.get(v, "-")} if args.server else {})})
+    if args.format == "json":
+        print(json.dumps({"model": model.name, "base_path": base, "config": str(store), "versions": rows}))
+        return 0
     print(f"model {model.name}  base path {base}  config {store}")
-    print(f"{'version':>8}  {'served':6}  labels")
-    for v in sorted(set(disk) | set(by_version)):
-        missing = "" if v in disk else "  (missing on disk!)"
-        print(f"{v:>8}  {'yes' if v in loaded else 'no':6}  {','.join(by_version.get(v, []))}{missing}")
+    server_column = f"{'server':10}  " if args.server else ""
+    print(f"{'version':>8}  {'served':6}  {'accuracy':8}  {'created (UTC)':25}  {server_column}labels")
+    for row in rows:
+        accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+        server = f"{row['server_state']:10}  " if args.server else ""
+        missing = "" if row["on_disk"] else "  (missing on disk!)"
+        print(f"{row['version']:>8}  {'yes' if row['served_by_config'] else 'no':6}  {accuracy:8}  "
+              f"{row['created'] or '-':25}  {server}{','.join(row['labels'])}{missing}")
     return 0
 
 
+def wait_for_server(server, model_name, version, timeout_s):
+    """Until the server's `stable` label answers `version` (it applies models.config at its next
+    poll); returns the seconds waited."""
+    from flowers.predict import client
+
+    start = time.monotonic()
+    api = client.RestClient(server, timeout_s=10)
+    last = "no answer"
+    while time.monotonic() - start < timeout_s:
+        try:
+            status = api.status(model_name, label=STABLE)["model_version_status"]
+            if int(status[0]["version"]) == version and status[0]["state"] == "AVAILABLE":
+                return time.monotonic() - start
+            last = f"stable -> version {status[0]['version']} ({status[0]['state']})"
+        except client.ServingError as e:
+            last = e.message
+        except OSError as e:
+            raise VersionError(f"cannot reach {server} ({cli.one_line(getattr(e, 'reason', e))}); "
+                               f"is flowers serve running at {server}?") from None
+        time.sleep(0.5)
+    raise VersionError(f"{server} still answers {last} after {timeout_s:.0f} s: is it polling models.config "
+                       "(flowers serve --model_config_file_poll_wait_seconds N)?")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="flowers versions", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="flowers versions", description=__doc__)
     sub = parser.add_subparsers(dest="action", required=True)
-    for name, help_ in (("list", "versions on disk and their labels"),
+    for name, help_ in (("list", "versions on disk, their labels, accuracy and (--server) state"),
                         ("set-default", "point the stable label at version N"),
                         ("rollback", "swap stable and previous")):
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(name, help=help_, description=help_)
         if name == "set-default":
             p.add_argument("version", type=int)
         add_config_args(p)
         p.add_argument("--model_base_path", help="where the versions are, as seen from this machine "
                        "(default: the model's base_path in the config)")
+        p.add_argument("--server", metavar="URL", help="a model server (http://...): list shows its state "
+                       "per version; set-default and rollback wait until it serves the new stable version")
+        if name == "list":
+            p.add_argument("--format", choices=("table", "json"), default="table")
+        else:
+            p.add_argument("--wait_seconds", type=float, default=120, help="how long to wait for --server")
     args = parser.parse_args(argv)
+    if args.server and not args.server.startswith(("http://", "https://")):
+        parser.error(f"--server {args.server}: give a URL with its scheme, e.g. http://{args.server}")
     try:
         store = open_store(config_location(args))
         if args.action == "list":
@@ -196,6 +273,9 @@ def main(argv=None):
                 return version
         version = update(store, args.model_name, edit)
         print(f"{args.model_name}: stable -> version {version} ({store})")
+        if args.server:
+            waited = wait_for_server(args.server, args.model_name, version, args.wait_seconds)
+            print(f"{args.server}: stable -> version {version} (AVAILABLE after {waited:.1f} s)")
         return 0
     except (VersionError, StoreError, KeyError) as e:
         print(f"flowers versions: error: {e.args[0] if e.args else e}", file=sys.stderr)

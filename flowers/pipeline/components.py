@@ -1,17 +1,14 @@
 """The Kubeflow pipeline's steps as lightweight Python components.
 
-Each runs in its step's image (flowers.containers), or in this Python under
+Each runs in its step's image (flowers.core.containers), or in this Python under
 kfp.local.SubprocessRunner. Bodies import inside themselves (kfp ships only the
-function's source) and stay thin: the work is in the flowers package.
+function's source) and stay thin: the work is in the flowers package. A records Dataset holds
+PREFIX=<path>/part: part-*.tfrecord.gz + part.metadata.json.
 """
-from typing import NamedTuple
-
 from kfp import dsl
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from flowers.core import containers
-
-RECORDS = "part"  # Dataset artifacts hold PREFIX=<path>/part: part-*.tfrecord.gz + part.metadata.json
 
 
 @dsl.component(base_image=containers.image("preprocess"), install_kfp_package=False)
@@ -21,6 +18,8 @@ def import_data(data_dir: str, train_csv: str, eval_csv: str, dict_path: str, ev
     from flowers.core import storage
     from flowers.data import importer, rows as csv_rows
 
+    if not data_dir and not (train_csv and eval_csv and dict_path):
+        raise ValueError("no data: give data_dir, or all of train_csv, eval_csv and dict_path")
     if data_dir:
         labels, n_train, n_eval = importer.import_tree(data_dir, dataset.path, eval_fraction, seed)
     else:  # copy the given files with resolved uris; bad rows are left for preprocess to report
@@ -74,39 +73,41 @@ def train(train_records: Input[Dataset], eval_records: Input[Dataset], max_steps
 
 
 @dsl.component(base_image=containers.image("train"), install_kfp_package=False)
-def evaluate(model: Input[Model], accuracy_threshold: float, model_config_file: str, model_name: str,
-             metrics: Output[Metrics], confusion: Output[ClassificationMetrics]
-             ) -> NamedTuple("GateOutputs", decision=str, reason=str):
-    """Eval metrics into the KFP UI, and the deploy gate's decision with its reason."""
+def evaluate(model: Input[Model], accuracy_threshold: float, model_base_path: str, model_config_file: str,
+             model_name: str, metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
+             gate_report: Output[Markdown], report: Output[HTML]) -> str:
+    """Eval metrics (per class too) and the report into the KFP UI, and the deploy gate: returns "deploy" or "skip" (one output,
+    so that dsl.If can branch on it, under kfp.local too); the reason goes to the log and gate_report."""
     import json
-    from typing import NamedTuple
 
     from flowers.core import storage
     from flowers.deploy import gate
+    from flowers.train import report as evaluation_report
 
     m = json.loads(storage.read_text(storage.join(model.path, "metrics.json")))
     for key in ("accuracy", "loss", "train_accuracy", "train_loss", "steps"):
         metrics.log_metric(key, float(m[key]))
     cm = m["confusion_matrix"]
     confusion.log_confusion_matrix(cm["labels"], cm["matrix"])
-    stable_version, stable_acc = gate.stable_accuracy(model_config_file, model_name)
-    ok, reason = gate.decide(m["accuracy"], accuracy_threshold, stable_version, stable_acc)
-    print(("deploying: " if ok else "not deploying: ") + reason)
-    return NamedTuple("GateOutputs", decision=str, reason=str)("deploy" if ok else "skip", reason)
+    evaluation_report.log_to_kfp(model.path, metrics, report)
+    ok, reason = gate.check(m["accuracy"], accuracy_threshold, model_config_file, model_base_path,
+                            model_name)  # always against stable, whichever label deploy moves
+    decision = "deploy" if ok else "skip"
+    print(f"gate: {decision}: {reason}")
+    storage.write_text(gate_report.path, f"## Deploy gate: {decision}\n\n{reason}\n")
+    gate_report.metadata.update({"decision": decision, "reason": reason})
+    return decision
 
 
 @dsl.component(base_image=containers.image("train"), install_kfp_package=False)
-def deploy(model: Input[Model], decision: str, reason: str, model_base_path: str, model_config_file: str,
-           model_name: str, label: str) -> int:
-    """Copy the export to the serving base path as the next version and point `label` at it,
-    if the gate said so; returns the version, or 0 when not deployed (the reason is logged)."""
+def deploy(model: Input[Model], model_base_path: str, model_config_file: str, model_name: str,
+           label: str) -> int:
+    """Copy the export to the serving base path as the next version and point `label` at it
+    (the pipeline runs this step only when the gate said "deploy"); returns the version."""
     from flowers.core import storage
-    from flowers.deploy import publish as deployer
+    from flowers.deploy import publish
 
-    if decision != "deploy":
-        print(f"not deployed: {reason}")
-        return 0
-    version = deployer.deploy(storage.join(model.path, "model"), model_base_path, model_name=model_name,
-                              label=label, config_path=model_config_file)
-    print(f"deployed version {version} as {label}: {reason}")
+    version = publish.deploy(storage.join(model.path, "model"), model_base_path, model_name=model_name,
+                             label=label, config_path=model_config_file)
+    print(f"deployed version {version} as {label}")
     return version

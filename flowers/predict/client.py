@@ -3,6 +3,8 @@
     client = RestClient("http://localhost:8501")      # or GrpcClient("localhost:8500")
     client.predict([jpeg_bytes], keys=["a.jpg"], model="flowers", label="stable")
     -> [{"key": "a.jpg", "prediction": 3, "label": "sunflowers", "scores": [...]}]
+    client.classify([jpeg_bytes], model="flowers")   # TF Serving's Classify API, `classify` signature
+    -> [[["daisy", 0.01], ["dandelion", 0.02], ...]]
     client.status("flowers"); client.metadata("flowers")
 
 Both return plain Python values shaped like TF Serving's REST JSON, and raise
@@ -85,6 +87,13 @@ class RestClient:
             body["signature_name"] = signature_name
         return self._call(self._path(model, version, label) + ":predict", body)["predictions"]
 
+    def classify(self, images, model=DEFAULT_MODEL, version=None, label=None,
+                 signature_name=defaults.CLASSIFY_SIGNATURE):
+        """[label, score] pairs per image, from `:classify` with one tf.Example per image."""
+        body = {"signature_name": signature_name, "examples": [
+            {defaults.IMAGE_FEATURE: {"b64": base64.b64encode(data).decode("ascii")}} for data in images]}
+        return self._call(self._path(model, version, label) + ":classify", body)["results"]
+
     def status(self, model=DEFAULT_MODEL, version=None, label=None):
         return self._call(self._path(model, version, label))
 
@@ -146,6 +155,23 @@ class GrpcClient:
 
     def predict(self, images, keys=None, model=DEFAULT_MODEL, version=None, label=None, signature_name=None):
         return rows(self.predict_response(images, keys, model, version, label, signature_name).outputs)
+
+    def classify(self, images, model=DEFAULT_MODEL, version=None, label=None,
+                 signature_name=defaults.CLASSIFY_SIGNATURE):
+        """[label, score] pairs per image, from the Classify RPC (same shape as RestClient.classify)."""
+        import numpy as np
+        from tensorflow_serving.apis import classification_pb2
+
+        from flowers.serving import json_tensor
+
+        request = classification_pb2.ClassificationRequest()
+        self._spec(request.model_spec, model, version, label, signature_name)
+        for data in images:
+            request.input.example_list.examples.add().features.feature[
+                defaults.IMAGE_FEATURE].bytes_list.value.append(data)
+        response = self._call(self.predictions.Classify, request)
+        return [[[c.label, json_tensor.float32_json(np.float32(c.score))] for c in row.classes]
+                for row in response.result.classifications]
 
     def status(self, model=DEFAULT_MODEL, version=None, label=None):
         from google.protobuf import json_format

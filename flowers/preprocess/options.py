@@ -1,9 +1,9 @@
-"""`flowers preprocess` flags: ours, and every other flag passed straight to Beam (DirectRunner's
-FnApiRunner here, Dataflow with --cloud)."""
-import argparse
+"""`flowers preprocess` flags: ours, and every real Beam option passed straight to Beam
+(DirectRunner's FnApiRunner here, Dataflow with --cloud). A flag that is neither is an error:
+`beam_options` is shared with `flowers batch-predict`."""
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, _BeamArgumentParser
 
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
-
+from flowers import cli
 from flowers.core import backbones, containers, images
 
 BATCH_SIZE = 32  # RunInference batch size (min = max: BatchElements would otherwise resize by timing)
@@ -14,15 +14,12 @@ BATCH_SIZE = 32  # RunInference batch size (min = max: BatchElements would other
 # over every core, and extra worker threads (--direct_num_workers=0
 # --direct_running_mode=multi_threading) cost more CPU per image for no gain on 2 cores (measured).
 LOCAL_DEFAULTS = ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
-
-
+BEAM_EPILOG = ("Beam pipeline options pass through to Beam (e.g. --runner, --direct_num_workers, "
+               "--max_num_workers, --machine_type); any other flag is an error.")
 
 
 def parse_args(argv, description=__doc__):
-    parser = argparse.ArgumentParser(
-        prog="flowers preprocess", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Unknown options pass through to Beam (e.g. --runner, --direct_num_workers, "
-               "--max_num_workers, --machine_type).")
+    parser = cli.ArgumentParser(prog="flowers preprocess", description=description, epilog=BEAM_EPILOG)
     parser.add_argument("--input_path", required=True, help="CSV(s) of uri,label[,label...]; comma-separated")
     parser.add_argument("--input_dict", required=True, help="dict.txt: one label per line")
     parser.add_argument("--output_path", required=True,
@@ -33,10 +30,7 @@ def parse_args(argv, description=__doc__):
     parser.add_argument("--min_batch_size", type=int, default=BATCH_SIZE,
                         help="RunInference batch size bounds")
     parser.add_argument("--max_batch_size", type=int, default=BATCH_SIZE)
-    parser.add_argument("--cloud", action="store_true",
-                        help="run on Dataflow (needs --project, --region, --temp_location) in the preprocess "
-                             "image: $FLOWERS_IMAGE_REPO/preprocess:$FLOWERS_IMAGE_TAG, the repo "
-                             "defaulting to REGION-docker.pkg.dev/PROJECT/flowers, or --sdk_container_image")
+    add_cloud_arg(parser)
     args, pipeline_args = parser.parse_known_args(argv)
     args.inputs = [s.strip() for s in args.input_path.split(",") if s.strip()]
     args.outputs = [s.strip() for s in args.output_path.split(",") if s.strip()]
@@ -46,8 +40,25 @@ def parse_args(argv, description=__doc__):
         parser.error("--output_path values must differ")
     if args.min_batch_size > args.max_batch_size:
         parser.error("--min_batch_size is larger than --max_batch_size")
-    args.options = pipeline_options(parser, args, pipeline_args)
+    args.options = beam_options(parser, args.cloud, pipeline_args)
     return args
+
+
+def add_cloud_arg(parser):
+    parser.add_argument("--cloud", action="store_true",
+                        help="run on Dataflow (needs --project, --region, --temp_location) in the preprocess "
+                             "image: $FLOWERS_IMAGE_REPO/preprocess:$FLOWERS_IMAGE_TAG, the repo "
+                             "defaulting to REGION-docker.pkg.dev/PROJECT/flowers, or --sdk_container_image")
+
+
+def unknown_flags(pipeline_args):
+    """The flags in pipeline_args that no Beam PipelineOptions class defines (as Beam's own
+    get_all_options parses them, which only warns about these)."""
+    parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    _, unknown = parser.parse_known_args(pipeline_args)
+    return unknown
 
 
 def _has(flags, name):
@@ -55,8 +66,14 @@ def _has(flags, name):
 
 
 
-def pipeline_options(parser, args, pipeline_args):
-    if args.cloud:
+def beam_options(parser, cloud, pipeline_args):
+    """PipelineOptions from what our parser left: local defaults, or Dataflow with --cloud.
+    Anything that is not a Beam option is a usage error (one line)."""
+    unknown = unknown_flags(pipeline_args)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (neither a flag of this command nor a "
+                     "Beam pipeline option)")
+    if cloud:
         if _has(pipeline_args, "--runner"):
             parser.error("--cloud means --runner=DataflowRunner; give one or the other")
         options = PipelineOptions(pipeline_args)

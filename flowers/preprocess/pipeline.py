@@ -34,7 +34,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 from apache_beam.utils.windowed_value import WindowedValue
 
-from flowers.core import backbones, images, records, storage
+from flowers.core import backbones, images, progress, records, storage
 from flowers.core.rejection import Rejection
 from flowers.data import rows as csv_rows
 from flowers.preprocess import options
@@ -145,6 +145,7 @@ class Progress(beam.DoFn):
 
     def process(self, element):
         _count("embedded")
+        progress.tick(element)  # the local bar (the launcher's process under FnApiRunner)
         self._start = self._start or time.perf_counter()
         self._done += 1
         if self._done % PROGRESS_EVERY == 0:
@@ -273,7 +274,12 @@ def run(argv=None, test_pipeline=None):
     build(p, jobs, label_names, args.backbone, args.max_pixels, args.min_batch_size, args.max_batch_size)
     n_rows = sum(len(lines) for _, lines, _ in jobs)
     _LOGGER.info("embedding %d rows with %s on %s", n_rows, args.backbone, runner)
-    p.run().wait_until_finish()
+    if "Dataflow" not in str(runner):
+        progress.start(n_rows)
+    try:
+        p.run().wait_until_finish()
+    finally:
+        progress.stop()
     elapsed = time.perf_counter() - start
 
     metadata = [records.read_metadata(prefix) for prefix in args.outputs]
@@ -319,6 +325,9 @@ def main(argv=None):
     if not sum(m["counts"]["written"] for m in metadata):
         print("flowers preprocess: error: no image could be embedded", file=sys.stderr)
         return 1
+    if len(metadata) == 2:
+        train, evals = (records.shard_pattern(m) for m in options.parse_args(argv).outputs)
+        print(f"next: flowers train --train_data_paths '{train}' --eval_data_paths '{evals}' --output_path OUT")
     return 0
 
 

@@ -1,18 +1,18 @@
 """TF Serving's gRPC services on grpcio's asyncio server, with the generated stubs from
-tensorflow-serving-api: PredictionService.Predict / GetModelMetadata and
-ModelService.GetModelStatus / HandleReloadConfigRequest. Classify, Regress and
-MultiInference answer UNIMPLEMENTED (the generated base class does that).
+tensorflow-serving-api: PredictionService.Predict / Classify / Regress / MultiInference /
+GetModelMetadata and ModelService.GetModelStatus / HandleReloadConfigRequest.
 """
 import asyncio
 import logging
 import time
 
 import grpc
+import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (classification_pb2, model_management_pb2, model_service_pb2_grpc,
+                                     predict_pb2, prediction_service_pb2_grpc, regression_pb2)
 
-from flowers.serving import models
+from flowers.serving import inference, models
 from flowers.serving.errors import Code, ServingError, invalid
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,23 @@ def _to_array(name, proto, signature):
         return tf.make_ndarray(proto)
     except Exception as e:  # noqa: BLE001 - malformed TensorProto
         raise invalid(f"Input {name}: cannot parse the TensorProto: {e}") from None
+
+
+# TensorProto's typed field per dtype, as Tensor::AsProtoField fills them (TF Serving's outputs).
+_TYPED_FIELDS = {tf.float32: "float_val", tf.float64: "double_val", tf.int32: "int_val", tf.int16: "int_val",
+                 tf.int8: "int_val", tf.uint8: "int_val", tf.uint16: "int_val", tf.int64: "int64_val",
+                 tf.uint32: "uint32_val", tf.uint64: "uint64_val", tf.bool: "bool_val", tf.string: "string_val"}
+
+
+def tensor_proto(arr):
+    """ndarray -> TensorProto with the values in the typed field (float_val, string_val, ...),
+    not tensor_content: clients reading `float_val` get the values, as from TF Serving."""
+    proto = tf.make_tensor_proto(arr)
+    field = _TYPED_FIELDS.get(tf.dtypes.as_dtype(proto.dtype))
+    if field and proto.tensor_content:
+        proto.tensor_content = b""
+        getattr(proto, field).extend(np.asarray(arr).ravel().tolist())
+    return proto
 
 
 class _Observed:
@@ -67,6 +84,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager, metrics=None):
         self.manager = manager
         self._predict, self._metadata = _Observed(metrics, "predict"), _Observed(metrics, "metadata")
+        self._observed = {inference.CLASSIFY: _Observed(metrics, "classify"),
+                          inference.REGRESS: _Observed(metrics, "regress"), "multi": _Observed(metrics, "multi_inference")}
 
     async def Predict(self, request, context):
         async def work():
@@ -80,9 +99,30 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.model_spec.version.value = servable.version
             response.model_spec.signature_name = signature.name
             for name, arr in models.outputs_filter(outputs, list(request.output_filter)).items():
-                response.outputs[name].CopyFrom(tf.make_tensor_proto(arr))
+                response.outputs[name].CopyFrom(tensor_proto(arr))
             return response
         return await self._predict(context, request.model_spec.name, work)
+
+    async def _examples(self, request, context, method, response):
+        async def work():
+            servable = self.manager.resolve(*_spec_args(request.model_spec))
+            signature = servable.signature(request.model_spec.signature_name)
+            response.result.CopyFrom(await inference.run(self.manager, servable, signature, method, request.input))
+            response.model_spec.name = servable.name
+            response.model_spec.version.value = servable.version
+            response.model_spec.signature_name = signature.name
+            return response
+        return await self._observed[method](context, request.model_spec.name, work)
+
+    async def Classify(self, request, context):
+        return await self._examples(request, context, inference.CLASSIFY, classification_pb2.ClassificationResponse())
+
+    async def Regress(self, request, context):
+        return await self._examples(request, context, inference.REGRESS, regression_pb2.RegressionResponse())
+
+    async def MultiInference(self, request, context):
+        name = request.tasks[0].model_spec.name if request.tasks else ""
+        return await self._observed["multi"](context, name, lambda: inference.multi_inference(self.manager, request))
 
     async def GetModelMetadata(self, request, context):
         async def work():
@@ -117,9 +157,22 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return await self._reload(context, "", work)
 
 
-def make_server(manager, *, metrics=None, max_request_bytes=32 << 20):
+def channel_arguments(text):
+    """--grpc_channel_arguments "k1=v1,k2=v2" -> [(k, v)]; integer values as ints, as TF Serving."""
+    options = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--grpc_channel_arguments: expected key=value, got {item!r}")
+        options.append((key.strip(), int(value) if value.strip().lstrip("-").isdigit() else value.strip()))
+    return options
+
+
+def make_server(manager, *, metrics=None, max_request_bytes=32 << 20, options=()):
+    # so_reuseport off: a second server on a taken port must fail, not split the traffic.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_request_bytes),
-                                      ("grpc.max_send_message_length", -1)])
+                                      ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
+                                      *options])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, metrics), server)
     return server

@@ -8,6 +8,8 @@ follow TF Serving's wording so clients see the same text from either server.
 import base64
 import binascii
 import json
+import sys
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -15,6 +17,8 @@ import tensorflow as tf
 from flowers.serving.errors import Code, ServingError, invalid
 
 ROW, COLUMNAR = "row", "columnar"
+DEEP_JSON_LIMIT, DEEP_JSON_STACK = 100_000, 512 << 20  # nesting depth, bytes of stack for it
+_DEEP_LOCK = threading.Lock()
 _TYPE_NAMES = {tf.float32: "float", tf.float64: "double", tf.string: "string", tf.bool: "bool"}
 
 
@@ -30,7 +34,7 @@ def _json_type(value):
     return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
 
 
-def _short(value, limit=200):
+def short(value, limit=200):
     text = json.dumps(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -40,23 +44,51 @@ def parse(body):
     if not body:
         raise invalid("JSON Parse error: The document is empty")
     try:
-        doc = json.loads(body)
+        try:
+            doc = json.loads(body)
+        except RecursionError:  # deep nesting (maybe under a key nobody reads): TF Serving parses it
+            doc = _loads_deep(body)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise invalid(f"JSON Parse error: {e}") from None
     if not isinstance(doc, dict):
-        raise invalid(f"JSON Value: {_short(doc)} Is not object")
+        raise invalid(f"JSON Value: {short(doc)} Is not object")
     if not isinstance(doc.get("signature_name", ""), str):
         raise invalid("'signature_name' key must be a string value.")
     return doc
 
 
-def _is_b64(value):
+def _loads_deep(body):
+    """json.loads on a thread with a large stack and recursion limit (rapidjson has no such limit)."""
+    result = {}
+
+    def target():
+        try:
+            result["doc"] = json.loads(body)
+        except (ValueError, RecursionError) as e:
+            result["error"] = e
+
+    if sys.getrecursionlimit() < DEEP_JSON_LIMIT:
+        sys.setrecursionlimit(DEEP_JSON_LIMIT)  # only ever raised, never lowered: other threads may rely on it
+    with _DEEP_LOCK:
+        previous = threading.stack_size(DEEP_JSON_STACK)
+        try:
+            thread = threading.Thread(target=target, name="deep-json")
+            thread.start()
+        finally:
+            threading.stack_size(previous)
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["doc"]
+
+
+def is_b64(value):
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
-def _decode_b64(value):
-    if not _is_b64(value):
-        raise invalid(f"JSON Value: {_short(value)} not formatted correctly for base64 data")
+def decode_b64(value):
+    if not is_b64(value):
+        raise invalid(f"JSON Value: {short(value)} not formatted correctly for base64 data")
     text = value["b64"].strip()
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
@@ -67,14 +99,14 @@ def _decode_b64(value):
 def _scalar(value, dtype):
     """One JSON leaf -> a Python value of the tensor's type, or TF Serving's type error."""
     def type_error():
-        return invalid(f"JSON Value: {_short(value)} Type: {_json_type(value)} "
+        return invalid(f"JSON Value: {short(value)} Type: {_json_type(value)} "
                        f"is not of expected type: {_dtype_name(dtype)}")
 
     if dtype == tf.string:
         if isinstance(value, str):
             return value.encode("utf-8")
         if isinstance(value, dict):
-            return _decode_b64(value)
+            return decode_b64(value)
         raise type_error()
     if dtype == tf.bool:
         if not isinstance(value, bool):
@@ -82,15 +114,13 @@ def _scalar(value, dtype):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise type_error()
-    if dtype.is_floating:
-        if abs(value) > dtype.max and np.isfinite(value):
-            raise invalid(f"Cannot convert JSON value: {value} to {_dtype_name(dtype)} without loss of precision.")
-        return value
+    if dtype.is_floating:  # beyond the type's range: ±Infinity, as TF Serving's static_cast
+        return value if abs(value) <= dtype.max or not np.isfinite(value) else (np.inf if value > 0 else -np.inf)
     if dtype.is_integer:
         if not isinstance(value, int) or not dtype.min <= value <= dtype.max:
             raise type_error()
         return value
-    raise ServingError(Code.UNIMPLEMENTED, f"Conversion of JSON Value: {_short(value)} to type: {dtype.name}")
+    raise ServingError(Code.UNIMPLEMENTED, f"Conversion of JSON Value: {short(value)} to type: {dtype.name}")
 
 
 def _shape(value):
@@ -106,7 +136,7 @@ def _shape(value):
 def _fill(value, level, shape, dtype, out):
     if not isinstance(value, list):
         if level != len(shape):
-            raise invalid(f"JSON Value: {_short(value)} found at incorrect level: {level + 1} in the JSON DOM. "
+            raise invalid(f"JSON Value: {short(value)} found at incorrect level: {level + 1} in the JSON DOM. "
                           f"Expected at level: {len(shape)}")
         out.append(_scalar(value, dtype))
         return
@@ -147,7 +177,7 @@ def _from_instances(instances, specs):
                       "required as per tensorinfo_map")
 
     def is_object(v):
-        return isinstance(v, dict) and not _is_b64(v)
+        return isinstance(v, dict) and not is_b64(v)
 
     objects, names = is_object(instances[0]), sorted(specs)
     columns = {}  # name -> (flat values, item shape)
@@ -175,7 +205,7 @@ def _from_instances(instances, specs):
                     add(name, item)
                 if sorted(elem) != names:
                     raise invalid(f"Failed to process element: {i} of 'instances' list. JSON object: "
-                                  f"{_short(elem)} keys must be equal to: {','.join(names)}")
+                                  f"{short(elem)} keys must be equal to: {','.join(names)}")
             else:
                 if is_object(elem):
                     raise invalid(f"Expecting value/list but got object at item {i} of input list")
@@ -189,7 +219,7 @@ def _from_instances(instances, specs):
 
 
 def _from_inputs(inputs, specs):
-    if not isinstance(inputs, dict) or _is_b64(inputs):
+    if not isinstance(inputs, dict) or is_b64(inputs):
         if len(specs) > 1:
             raise invalid("inputs is a plain value/list, but expecting an object as multiple input tensors "
                           "required as per tensorinfo_map")
@@ -216,6 +246,11 @@ def to_arrays(doc, specs):
     raise invalid("Missing 'inputs' or 'instances' key")
 
 
+def float32_json(value):
+    """A float32 as JSON writes it shortest: 0.2, not 0.20000000298023224."""
+    return float(str(value))
+
+
 def _to_list(arr, name):
     """ndarray -> nested JSON values: float32 in its shortest form, `*_bytes` strings as b64."""
     arr = np.asarray(arr)
@@ -225,7 +260,7 @@ def _to_list(arr, name):
         else:
             flat = [v.decode("utf-8", errors="replace") for v in arr.ravel()]
     elif arr.dtype.kind == "f" and arr.dtype != np.float64:
-        flat = [float(str(v)) for v in arr.ravel()]  # 0.2, not 0.20000000298023224
+        flat = [float32_json(v) for v in arr.ravel()]
     else:
         flat = arr.ravel().tolist()
     if not arr.shape:

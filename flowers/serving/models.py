@@ -18,7 +18,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from flowers.core import base_path, images, model_config, storage
 from flowers.core.rejection import Rejection
-from flowers.serving import batching
+from flowers.serving import batching, warmup
 from flowers.serving.servable import Servable
 from flowers.serving.errors import Code, from_tf_error, invalid, not_found
 
@@ -40,13 +40,13 @@ class _Model:
 class Manager:
     def __init__(self, config, *, config_path=None, batching_options=None, model_executor, load_executor,
                  allow_labels_for_unavailable=False, max_load_retries=5, load_retry_interval_s=60.0,
-                 max_image_pixels=images.DEFAULT_MAX_PIXELS, metrics=None):
+                 max_image_pixels=images.DEFAULT_MAX_PIXELS, metrics=None, warmup=False):
         self.config_path = config_path
         self.models = {}
         self.model_executor, self.load_executor = model_executor, load_executor
         self.allow_labels_for_unavailable = allow_labels_for_unavailable
         self.max_load_retries, self.load_retry_interval_s = max_load_retries, load_retry_interval_s
-        self.max_image_pixels, self.metrics = max_image_pixels, metrics
+        self.max_image_pixels, self.metrics, self.warmup = max_image_pixels, metrics, warmup
         self.scheduler = batching.Scheduler(batching_options, model_executor) if batching_options else None
         self._config_text = self._bad_config_text = None
         self._initial_config = config
@@ -127,7 +127,7 @@ class Manager:
         started = time.monotonic()
         try:
             servable = await asyncio.get_running_loop().run_in_executor(
-                self.load_executor, Servable, name, version, path)
+                self.load_executor, self._load_servable, name, version, path)
         except Exception as e:  # noqa: BLE001 - a broken version must not stop the server
             failed = model.failures.get(version, (0, 0.0))[0] + 1
             model.failures[version] = (failed, time.monotonic())
@@ -141,6 +141,20 @@ class Manager:
         model.states[version] = (State.AVAILABLE, "")
         model.failures.pop(version, None)
         log.info("%s version %d available (loaded in %.1fs)", name, version, time.monotonic() - started)
+
+    def _load_servable(self, name, version, path):
+        """In the load thread: load, then replay the warmup requests (the version is not AVAILABLE
+        before they ran, as in TF Serving)."""
+        servable = Servable(name, version, path)
+        if self.warmup:
+            try:
+                count = warmup.replay(servable)
+            except Exception as e:
+                servable.close()
+                raise ValueError(f"warmup failed: {e}") from e
+            if count:
+                log.info("%s version %d: replayed %d warmup requests", name, version, count)
+        return servable
 
     def _apply_labels(self, name, model):
         """Labels may only point at AVAILABLE versions (new labels at any, with the flag);
@@ -179,6 +193,12 @@ class Manager:
 
     def model_names(self):
         return set(self.models)
+
+    def loaded_versions(self):
+        return {name: sorted(model.servables) for name, model in self.models.items()}
+
+    def base_paths(self):
+        return {name: model.config.base_path for name, model in self.models.items()}
 
     def resolve(self, name, version=None, label=None):
         """The Servable a request names, with TF Serving's errors."""
@@ -248,13 +268,11 @@ class Manager:
                           f"Send extra: {{}}. Missing but required: {{{','.join(missing)}}}.")
         sizes = set()
         for name, arr in inputs.items():
-            spec = signature.inputs[name]
-            if not spec.shape.is_compatible_with(arr.shape):
-                raise invalid(f"Input {name} has shape {list(arr.shape)}, which does not match the signature's "
-                              f"{spec.shape.as_list() if spec.shape.rank is not None else 'shape'}")
-            if arr.ndim == 0:
-                raise invalid("Batching Run() input tensors must have at least one dimension")
-            sizes.add(arr.shape[0])
+            spec = signature.inputs[name]  # shapes are TensorFlow's business, as in TF Serving
+            if self.scheduler is not None:
+                if arr.ndim == 0:
+                    raise invalid("Batching Run() input tensors must have at least one dimension")
+                sizes.add(arr.shape[0])
             if spec.dtype == tf.string and name.endswith("_bytes") and self.max_image_pixels:
                 for value in arr.ravel():
                     try:
@@ -264,7 +282,7 @@ class Manager:
                             raise invalid(f"Input {name}: {e}") from None
         if len(sizes) > 1:
             raise invalid("Batching Run() input tensors must have equal 0th-dimension size")
-        return sizes.pop() if sizes else 0
+        return sizes.pop() if sizes else None
 
     async def predict(self, servable, signature, inputs):
         """Run the signature on {name: ndarray}; batched with other requests when batching is on."""

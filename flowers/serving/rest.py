@@ -1,4 +1,4 @@
-"""TF Serving's REST API on aiohttp: model status, metadata and predict.
+"""TF Serving's REST API on aiohttp: model status, metadata, predict, classify and regress.
 
 Paths, JSON shapes, error bodies (`{"error": "..."}`) and status codes follow
 tensorflow_serving/model_servers/http_rest_api_handler.cc, http_rest_api_util.cc
@@ -14,7 +14,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
-from flowers.serving import json_tensor
+from flowers.serving import inference, json_examples, json_tensor
 from flowers.serving.errors import Code, ServingError, invalid
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,12 @@ def _json_response(status, obj):
 
 
 def _version(text):
+    """A version from the URL; like TF Serving's SimpleAtoi into an int64."""
     if text is None:
         return None
-    try:
-        return int(text)
-    except ValueError:
-        raise invalid(f"Failed to convert version: {text} to numeric.") from None
+    if not text.isdigit() or int(text) >= 2**63:
+        raise invalid(f"Failed to convert version: {text} to numeric.")
+    return int(text)
 
 
 class RestApi:
@@ -48,13 +48,11 @@ class RestApi:
     async def handle(self, request):
         started, model, api, status = time.monotonic(), "", "unknown", Code.OK
         try:
-            path = request.path
+            path = request.rel_url.raw_path  # matched before percent-decoding, as TF Serving's regexes
             if request.method == "POST" and (m := PREDICT_PATH.fullmatch(path)):
                 model, version, label, method = m[1], _version(m[2]), m[3], m[4].lower()
                 api = method
-                if method != "predict":
-                    raise ServingError(Code.UNIMPLEMENTED, f"{method} is not supported by this server")
-                body = await self._predict(request, model, version, label)
+                body = await self._infer(request, model, version, label, method)
             elif request.method == "GET" and (m := STATUS_PATH.fullmatch(path)):
                 model, version, label = m[1] or "", _version(m[2]), m[3]
                 api = "metadata" if m[4] else "status"
@@ -80,7 +78,7 @@ class RestApi:
             if self.metrics:
                 self.metrics.observe(model, api, "REST", status.name, time.monotonic() - started)
 
-    async def _predict(self, request, model, version, label):
+    async def _infer(self, request, model, version, label, method):
         if version is not None and label:
             raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
         try:
@@ -95,12 +93,20 @@ class RestApi:
             doc = json_tensor.parse(body)
         servable = self.manager.resolve(model, version, label)
         signature = servable.signature(doc.get("signature_name", ""))
-        inputs, fmt = json_tensor.to_arrays(doc, signature.inputs)
+        if method == "predict":
+            inputs, fmt = json_tensor.to_arrays(doc, signature.inputs)
+            outputs = await self._deadline(self.manager.predict(servable, signature, inputs))
+            return json_tensor.to_json(outputs, fmt)
+        method = inference.CLASSIFY if method == "classify" else inference.REGRESS
+        result = await self._deadline(inference.run(self.manager, servable, signature, method,
+                                                    json_examples.to_input(doc)))
+        return json_examples.to_json(result)
+
+    async def _deadline(self, work):
         try:
-            outputs = await asyncio.wait_for(self.manager.predict(servable, signature, inputs), self.timeout_s)
+            return await asyncio.wait_for(work, self.timeout_s)
         except TimeoutError:
             raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline exceeded") from None
-        return json_tensor.to_json(outputs, fmt)
 
 
 def _metadata_json(response):

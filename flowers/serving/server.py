@@ -16,13 +16,16 @@ import concurrent.futures
 import logging
 import os
 import signal
+import socket
 import sys
 
-from flowers.core import images, model_config
+from flowers.core import defaults, images, model_config
 from flowers.serving import batching, grpc_service, metrics as metrics_lib, models, protos, rest
 
 log = logging.getLogger("flowers.serve")
 READY = "flowers serve: ready"
+# Printed instead of READY when listening with no version loaded (e.g. an empty base path).
+NO_VERSIONS = "flowers serve: listening, but no model version is loaded"
 
 
 def _bool(text):
@@ -46,7 +49,11 @@ def parse_args(argv=None):
                    help="larger REST bodies get 413 (not a TF Serving flag)")
     p.add_argument("--grpc_max_request_bytes", type=int, default=32 << 20,
                    help="larger gRPC messages get RESOURCE_EXHAUSTED (not a TF Serving flag)")
-    p.add_argument("--model_name", default="default")
+    p.add_argument("--grpc_socket_path", default="", help="also serve gRPC on this Unix socket")
+    p.add_argument("--grpc_channel_arguments", default="",
+                   help="gRPC server options, e.g. grpc.max_concurrent_streams=100,grpc.http2.max_pings_without_data=0")
+    p.add_argument("--model_name", default=defaults.MODEL_NAME,
+                   help="with --model_base_path (TF Serving's default is `default`; ours is the clients' default)")
     p.add_argument("--model_base_path", default="")
     p.add_argument("--model_config_file", default="")
     p.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0,
@@ -57,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--batching_parameters_file", default="")
     p.add_argument("--monitoring_config_file", default="")
     p.add_argument("--allow_version_labels_for_unavailable_models", **flag)
+    p.add_argument("--enable_model_warmup", **flag,
+                   help="replay assets.extra/tf_serving_warmup_requests before a version is AVAILABLE")
+    p.add_argument("--prefer_tflite_model", **flag, help="not supported: TFLite models are refused")
     p.add_argument("--max_num_load_retries", type=int, default=5, help="retries of a version that failed to load")
     p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000)
     p.add_argument("--max_image_pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
@@ -66,7 +76,31 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.model_config_file and not args.model_base_path:
         p.error("give --model_config_file, or --model_base_path (with --model_name)")
+    if args.prefer_tflite_model:
+        p.error("--prefer_tflite_model: this server loads SavedModels only; run tensorflow_model_server for TFLite")
+    try:
+        args.grpc_options = grpc_service.channel_arguments(args.grpc_channel_arguments)
+    except ValueError as e:
+        p.error(str(e))
     return args
+
+
+def check_ports_free(args):
+    """Fail at once, before loading anything, if a port is taken (gRPC itself would share it)."""
+    wanted = [("gRPC", args.grpc_host, args.port)]
+    if args.rest_api_port:
+        wanted.append(("REST", args.rest_api_host, args.rest_api_port))
+    for what, host, port in wanted:
+        if not port:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is free
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                raise OSError(f"cannot bind {what} to {_address(host, port)}: {e.strerror}; "
+                              "is another flowers serve running there?") from None
 
 
 def _address(host, port):
@@ -100,7 +134,7 @@ class Server:
             model_executor=self.model_executor, load_executor=self.load_executor,
             allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
             max_load_retries=args.max_num_load_retries, load_retry_interval_s=args.load_retry_interval_micros / 1e6,
-            max_image_pixels=args.max_image_pixels)
+            max_image_pixels=args.max_image_pixels, warmup=args.enable_model_warmup)
         self.metrics = metrics_lib.Metrics(self.manager.model_names)
         self.manager.metrics = self.metrics
         self.grpc_addr = self.rest_url = None
@@ -110,13 +144,20 @@ class Server:
         args = self.args
         await self.manager.start()
         self._grpc = grpc_service.make_server(self.manager, metrics=self.metrics,
-                                              max_request_bytes=args.grpc_max_request_bytes)
-        try:
-            port = self._grpc.add_insecure_port(_address(args.grpc_host, args.port))
-        except RuntimeError as e:
-            raise OSError(f"cannot bind gRPC to {_address(args.grpc_host, args.port)}: {e}") from None
+                                              max_request_bytes=args.grpc_max_request_bytes, options=args.grpc_options)
+        addresses = [_address(args.grpc_host, args.port)]
+        if args.grpc_socket_path:
+            addresses.append(f"unix:{args.grpc_socket_path}")
+        for address in addresses:
+            try:
+                port = self._grpc.add_insecure_port(address)
+            except RuntimeError as e:
+                raise OSError(f"cannot bind gRPC to {address}: {e}") from None
+            if address.startswith("unix:"):
+                log.info("Running gRPC ModelServer at UNIX socket %s", args.grpc_socket_path)
+            else:
+                self.grpc_addr = _address(args.grpc_host, port)
         await self._grpc.start()
-        self.grpc_addr = _address(args.grpc_host, port)
         log.info("Running gRPC ModelServer at %s", self.grpc_addr)
         if args.rest_api_port:
             from aiohttp import web
@@ -146,6 +187,18 @@ class Server:
         self.load_executor.shutdown(wait=False, cancel_futures=True)
 
 
+def ready_line(server):
+    """One line: where it listens and what it serves, or that it serves nothing yet."""
+    where = f"grpc={server.grpc_addr} rest={server.rest_url or '-'}"
+    loaded = server.manager.loaded_versions()  # {name: [versions]}
+    served = ", ".join(f"{name} (versions {', '.join(map(str, versions))})" for name, versions in loaded.items()
+                       if versions)
+    if served:
+        return f"{READY}: {where} models: {served}"
+    bases = ", ".join(f"{name} under {path}" for name, path in server.manager.base_paths().items())
+    return f"{NO_VERSIONS} ({bases or 'no models configured'}): {where}; waiting for versions"
+
+
 async def _serve(args):
     server = Server(args)
     stop = asyncio.Event()
@@ -153,7 +206,7 @@ async def _serve(args):
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    print(f"{READY}: grpc={server.grpc_addr} rest={server.rest_url or '-'}", flush=True)
+    print(ready_line(server), flush=True)
     await stop.wait()
     log.info("shutting down")
     await server.stop()
@@ -162,6 +215,11 @@ async def _serve(args):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        check_ports_free(args)
+    except OSError as e:
+        print(f"flowers serve: {e}", file=sys.stderr, flush=True)
+        return 1
     try:
         asyncio.run(_serve(args))
     except Exception as e:  # noqa: BLE001 - bad flags, files or ports: say so and exit non-zero

@@ -2,12 +2,26 @@
 
 `serving_default(key: string[N], image_bytes: string[N])` returns `key`,
 `prediction` (int64 class id), `label` (string) and `scores` (float [N, classes]).
+`classify(inputs: string[N])` takes serialized tf.Examples with an `image_bytes` bytes
+feature and returns `classes` and `scores` [N, classes]: TF Serving's Classify API
+(REST `:classify`) answers [label, score] pairs from it.
 The backbone and the shared image function are inside, so clients send only bytes.
+`assets.extra/tf_serving_warmup_requests` holds predict requests of every batch size the
+serve image's batching config allows, and one classify request, for --enable_model_warmup.
 """
 import keras
+import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
 
-from flowers.core import backbones, base_path as layout, images, storage
+from flowers.core import backbones, base_path as layout, defaults, images, storage
+from flowers.serving import inference, warmup
+
+CLASSIFY_SIGNATURE, IMAGE_FEATURE = defaults.CLASSIFY_SIGNATURE, defaults.IMAGE_FEATURE
+# containers/serve/batching.config allowed_batch_sizes (a test checks they agree).
+WARMUP_BATCH_SIZES = (1, 2, 4, 8, 16)
+WARMUP_IMAGE_SIZE = (240, 320)  # a typical photo's height, width
 
 
 def serving_fn(backbone_model, head, labels, image_size):
@@ -24,6 +38,19 @@ def serving_fn(backbone_model, head, labels, image_size):
     return serve
 
 
+def classify_fn(serve, num_classes, labels):
+    """The classify signature over serialized tf.Examples, reusing the predict function."""
+    label_table = tf.constant(labels)
+
+    def classify(inputs):
+        features = tf.io.parse_example(inputs, {IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+        scores = serve(inputs, features[IMAGE_FEATURE])["scores"]
+        classes = tf.tile(label_table[tf.newaxis], [tf.shape(scores)[0], 1])
+        return {"classes": classes, "scores": tf.reshape(scores, [-1, num_classes])}
+
+    return classify
+
+
 def export(head, backbone_name, labels, base_path, version=None, backbone_model=None):
     """Write base_path/<version>/ (next free version by default); returns its path."""
     spec = backbones.get(backbone_name)
@@ -33,11 +60,48 @@ def export(head, backbone_name, labels, base_path, version=None, backbone_model=
     archive = keras.export.ExportArchive()
     archive.track(backbone_model)
     archive.track(head)
+    serve = serving_fn(backbone_model, head, list(labels), spec.image_size)
     archive.add_endpoint(
-        "serving_default",
-        serving_fn(backbone_model, head, list(labels), spec.image_size),
+        "serving_default", serve,
         input_signature=[tf.TensorSpec([None], tf.string, name="key"),
                          tf.TensorSpec([None], tf.string, name="image_bytes")],
     )
+    archive.add_endpoint(CLASSIFY_SIGNATURE, classify_fn(serve, len(labels), list(labels)),
+                         input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     archive.write_out(path, verbose=False)
+    _set_method_name(path, CLASSIFY_SIGNATURE, inference.CLASSIFY)
+    warmup.write(path, warmup_logs())
     return path
+
+
+def _set_method_name(path, signature, method):
+    """tf.saved_model writes every signature as `predict`; TF Serving's Classify checks the method."""
+    pb_path = storage.join(path, "saved_model.pb")
+    saved = saved_model_pb2.SavedModel.FromString(storage.read_bytes(pb_path))
+    for meta_graph in saved.meta_graphs:
+        meta_graph.signature_def[signature].method_name = method
+    with storage.gfile.GFile(pb_path, "wb") as f:
+        f.write(saved.SerializeToString())
+
+
+def warmup_image():
+    """A synthetic JPEG the size of a typical photo (decoding and resizing dominate the first calls)."""
+    height, width = WARMUP_IMAGE_SIZE
+    ramp = np.linspace(0, 255, height * width * 3, dtype=np.float32).reshape(height, width, 3)
+    return tf.io.encode_jpeg(tf.constant(ramp.astype(np.uint8))).numpy()
+
+
+def warmup_logs(batch_sizes=WARMUP_BATCH_SIZES):
+    """PredictionLogs: one predict request per batch size, one classify request."""
+    image = warmup_image()
+    for size in batch_sizes:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.signature_name = "serving_default"
+        request.inputs["key"].CopyFrom(tf.make_tensor_proto([f"warmup-{i}".encode() for i in range(size)]))
+        request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([image] * size))
+        yield prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.signature_name = CLASSIFY_SIGNATURE
+    example = request.input.example_list.examples.add()
+    example.features.feature[IMAGE_FEATURE].bytes_list.value.append(image)
+    yield prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog(request=request))

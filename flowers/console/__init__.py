@@ -1,0 +1,1 @@
+"""`flowers console`: the web console over TF Serving (app.py)."""
