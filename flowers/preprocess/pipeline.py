@@ -17,6 +17,8 @@ could be written. Locally it runs on the DirectRunner's batch engine (FnApiRunne
 download attempt), TensorFlow using every core; `--cloud` runs on Dataflow in the preprocess
 container.
 """
+import collections
+import concurrent.futures
 import csv
 import io
 import logging
@@ -29,13 +31,14 @@ import apache_beam as beam
 import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+from apache_beam.utils.windowed_value import WindowedValue
 
 from flowers.core import backbones, images, progress, records, storage
 from flowers.core.rejection import Rejection
 from flowers.data import rows as csv_rows
 from flowers.preprocess import options
-from flowers.preprocess.handler import BackboneModelHandler
+from flowers.preprocess import handler as model_handler
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ PROGRESS_EVERY = 100  # log a progress line every this many embedded images (per
 METRICS_NAMESPACE = "flowers_preprocess"
 REJECTED = "rejected"
 REJECTED_HEADER = "line,input,reason,message"
+DECODE_THREADS = 2  # per worker process; decoding one image is single-threaded
+DECODE_AHEAD = 96  # images decoded ahead of inference: more than a batch, so the next one is ready
 
 
 class Item(typing.NamedTuple):
@@ -87,21 +92,49 @@ class ParseRow(beam.DoFn):
         yield Item(split, line_no, row.uri, row.label_ids)
 
 
-class ReadImage(beam.DoFn):
+class ReadImages(beam.DoFn):
     """Item -> (Item, float32 [S, S, 3]) or a Reject. Decoding happens here, before
-    RunInference, so one bad image is a counted reject instead of a failed batch."""
+    RunInference, so one bad image is a counted reject instead of a failed batch.
+
+    Images are decoded DECODE_AHEAD elements ahead on DECODE_THREADS threads: Beam runs this
+    fused stage in one thread, so without them decoding and inference take turns; TensorFlow
+    releases the GIL, so here they overlap. Outputs keep the input order, window and timestamp."""
 
     def __init__(self, image_size, max_pixels):
         self._image_size, self._max_pixels = image_size, max_pixels
 
-    def process(self, item):
+    def setup(self):
+        self._pool = concurrent.futures.ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+
+    def start_bundle(self):
+        self._pending = collections.deque()
+
+    def process(self, item, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
+        self._pending.append((self._pool.submit(self._decode, item), timestamp, window))
+        while len(self._pending) > DECODE_AHEAD:
+            yield self._output(*self._pending.popleft())
+
+    def finish_bundle(self):
+        while self._pending:
+            yield self._output(*self._pending.popleft())
+
+    def teardown(self):
+        self._pool.shutdown()
+
+    def _decode(self, item):  # in a pool thread: no Beam calls (metrics count in the bundle's thread)
         try:
             image_bytes, _ = images.read_image(item.uri, self._max_pixels)
-            image = images.load_image(image_bytes, self._image_size, probed=True)
+            return item, images.load_image(image_bytes, self._image_size, probed=True)
         except Rejection as e:
-            yield _reject(item.split, item.line, item.uri, e.reason, str(e))
-            return
-        yield item, image
+            return item, e
+
+    @staticmethod
+    def _output(future, timestamp, window):
+        item, result = future.result()
+        if isinstance(result, Rejection):
+            rejected = _reject(item.split, item.line, item.uri, result.reason, str(result))
+            return beam.pvalue.TaggedOutput(REJECTED, WindowedValue(rejected.value, timestamp, [window]))
+        return WindowedValue((item, result), timestamp, [window])
 
 
 class Progress(beam.DoFn):
@@ -164,9 +197,9 @@ def build(p, jobs, label_names, backbone_name, max_pixels=images.DEFAULT_MAX_PIX
         | "AllRows" >> beam.Flatten()
         | "Spread" >> beam.Reshuffle()  # spread image reads over workers
         | "ReadImages" >> beam.ParDo(
-            ReadImage(spec.image_size, max_pixels)).with_outputs(REJECTED, main="images"))
+            ReadImages(spec.image_size, max_pixels)).with_outputs(REJECTED, main="images"))
     rejects.append(decoded[REJECTED])
-    handler = BackboneModelHandler(backbone_name, min_batch_size, max_batch_size)
+    handler = model_handler.BackboneModelHandler(backbone_name, min_batch_size, max_batch_size)
     embedded = (
         decoded.images
         | "Embed" >> RunInference(KeyedModelHandler(handler))
@@ -241,9 +274,11 @@ def run(argv=None, test_pipeline=None):
         remove_old_outputs(prefix)
 
     start = time.perf_counter()
+    runner = args.options.view_as(StandardOptions).runner
+    if _embeds_in_this_process(args.options):
+        model_handler.preload(args.backbone)  # loads while Beam plans and runs the CSV stage
     p = test_pipeline or beam.Pipeline(options=args.options)
     build(p, jobs, label_names, args.backbone, args.max_pixels, args.min_batch_size, args.max_batch_size)
-    runner = args.options.view_as(StandardOptions).runner
     n_rows = sum(len(lines) for _, lines, _ in jobs)
     _LOGGER.info("embedding %d rows with %s on %s", n_rows, args.backbone, runner)
     if "Dataflow" not in str(runner):
@@ -257,6 +292,12 @@ def run(argv=None, test_pipeline=None):
     metadata = [records.read_metadata(prefix) for prefix in args.outputs]
     print_summary(args.outputs, metadata, elapsed)
     return metadata
+
+
+def _embeds_in_this_process(pipeline_options):
+    runner = pipeline_options.view_as(StandardOptions).runner
+    mode = pipeline_options.view_as(DirectOptions).direct_running_mode
+    return runner in ("FnApiRunner", "DirectRunner", None) and mode != "multi_processing"
 
 
 def print_summary(prefixes, metadata, elapsed):

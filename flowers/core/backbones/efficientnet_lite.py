@@ -38,32 +38,46 @@ def _depthwise(w):  # torch [c, 1, kh, kw] -> keras [kh, kw, c, 1]
     return np.transpose(w, (2, 3, 0, 1))
 
 
-def _bn(sd, prefix):
-    return [sd[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")]
+def _bn_scale_shift(sd, prefix):
+    """Inference batch norm as y * scale + shift, in float64 so that folding adds no error."""
+    gamma, beta, mean, var = (sd[f"{prefix}.{k}"].astype(np.float64)
+                              for k in ("weight", "bias", "running_mean", "running_var"))
+    scale = gamma / np.sqrt(var + BN_EPSILON)
+    return scale, beta - mean * scale
 
 
-def _conv_bn(x, sd, prefix, bn_prefix, name, kernel=None, stride=1, depthwise=False, act=True):
+def _conv_bn(x, sd, prefix, bn_prefix, name, stride=1, depthwise=False, act=True, fold_bn=True):
+    """Conv, batch norm, ReLU6. With fold_bn the batch norm is folded into the conv's kernel and
+    bias at load time (one fused conv+bias+relu6 op per layer on CPU instead of conv then five
+    element-wise ops); without it, a Keras BatchNormalization layer as the wheel's graph has."""
     w = sd[f"{prefix}.weight"]
-    if depthwise:
-        layer = keras.layers.DepthwiseConv2D(w.shape[2], stride, padding="same", use_bias=False, name=name)
-        weights = [_depthwise(w)]
+    kernel = _depthwise(w) if depthwise else _conv(w)
+    if fold_bn:  # per output channel: axis 2 of a depthwise kernel, axis 3 of a conv kernel
+        scale, shift = _bn_scale_shift(sd, bn_prefix)
+        kernel = kernel * (scale[:, None] if depthwise else scale)
+        weights = [kernel.astype(np.float32), shift.astype(np.float32)]
     else:
-        layer = keras.layers.Conv2D(w.shape[0], w.shape[2], stride, padding="same", use_bias=False, name=name)
-        weights = [_conv(w)]
+        weights = [kernel]
+    if depthwise:
+        layer = keras.layers.DepthwiseConv2D(w.shape[2], stride, padding="same", use_bias=fold_bn, name=name)
+    else:
+        layer = keras.layers.Conv2D(w.shape[0], w.shape[2], stride, padding="same", use_bias=fold_bn, name=name)
     x = layer(x)
     layer.set_weights(weights)
-    bn = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")
-    x = bn(x)
-    bn.set_weights(_bn(sd, bn_prefix))
+    if not fold_bn:
+        bn = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")
+        x = bn(x)
+        bn.set_weights([sd[f"{bn_prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")])
     return keras.layers.ReLU(6.0, name=f"{name}_relu6")(x) if act else x
 
 
-def build(name, image_size, include_top=False):
-    """Keras model: float image in [0, 255], (N, S, S, 3) -> pooled features or 1000 logits."""
+def build(name, image_size, include_top=False, fold_bn=True):
+    """Keras model: float image in [0, 255], (N, S, S, 3) -> pooled features or 1000 logits.
+    fold_bn=False keeps separate BatchNormalization layers (the reference the folded model is tested against)."""
     sd = load_state_dict(weights_path(name))
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="normalize")(inputs)
-    x = _conv_bn(x, sd, "_conv_stem", "_bn0", "stem", stride=2)
+    x = _conv_bn(x, sd, "_conv_stem", "_bn0", "stem", stride=2, fold_bn=fold_bn)
 
     n_blocks = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("_blocks."))
     stage, channels = -1, None
@@ -76,14 +90,15 @@ def build(name, image_size, include_top=False):
         stride = STAGE_STRIDES[stage] if first_in_stage else 1
         block_in = x
         if f"{p}._expand_conv.weight" in sd:
-            x = _conv_bn(x, sd, f"{p}._expand_conv", f"{p}._bn0", f"block{i}_expand")
-        x = _conv_bn(x, sd, f"{p}._depthwise_conv", f"{p}._bn1", f"block{i}_dw", stride=stride, depthwise=True)
-        x = _conv_bn(x, sd, f"{p}._project_conv", f"{p}._bn2", f"block{i}_project", act=False)
+            x = _conv_bn(x, sd, f"{p}._expand_conv", f"{p}._bn0", f"block{i}_expand", fold_bn=fold_bn)
+        x = _conv_bn(x, sd, f"{p}._depthwise_conv", f"{p}._bn1", f"block{i}_dw", stride=stride, depthwise=True,
+                     fold_bn=fold_bn)
+        x = _conv_bn(x, sd, f"{p}._project_conv", f"{p}._bn2", f"block{i}_project", act=False, fold_bn=fold_bn)
         if not first_in_stage:  # identity skip inside a stage
             x = keras.layers.Add(name=f"block{i}_add")([block_in, x])
         channels = out_channels
 
-    x = _conv_bn(x, sd, "_conv_head", "_bn1", "head")
+    x = _conv_bn(x, sd, "_conv_head", "_bn1", "head", fold_bn=fold_bn)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if include_top:
         fc = keras.layers.Dense(1000, name="logits")
