@@ -137,8 +137,12 @@ def test_report_shows_matrix_table_curves_and_confident_mistakes(stack, tmp_path
 
 
 def test_report_of_an_older_export_has_no_curves_nor_mistakes(exported_model, tmp_path):
-    folder = tmp_path / "old"
+    folder = tmp_path / "old"  # an export from before the trainer wrote history and eval predictions
     shutil.copytree(os.path.join(exported_model["version_path"], "assets.extra"), folder)
+    metrics = json.loads((folder / defaults.METRICS_FILE).read_text())
+    metrics.pop("history", None)
+    (folder / defaults.METRICS_FILE).write_text(json.dumps(metrics))
+    (folder / defaults.EVAL_PREDICTIONS_FILE).unlink(missing_ok=True)
     text = open(report.write_report(str(folder))).read()
     assert "No training history" in text and "<svg" not in text and "<figure>" not in text
     assert "<table class='per-class'>" in text
