@@ -1,6 +1,6 @@
 """The flowers Kubeflow pipeline: import data -> preprocess -> train -> evaluate -> deploy.
 
-    python pipeline.py compile [--output pipeline.yaml] [--no-gpu]
+    python pipeline.py compile [--output pipeline.yaml] [--no-gpu] [--automl]
     python pipeline.py run --local [--data DIR]
     python pipeline.py submit --host URL [--experiment NAME] [--run-name NAME]
 """
@@ -70,10 +70,13 @@ def build_pipeline(use_gpu=True, gpu_type=DEFAULT_GPU, gpu_count=1):
     return flowers_pipeline
 
 
-def compile_pipeline(output, use_gpu=True, gpu_type=DEFAULT_GPU):
+def compile_pipeline(output, use_gpu=True, gpu_type=DEFAULT_GPU, automl=False):
     from kfp import compiler
 
-    compiler.Compiler().compile(build_pipeline(use_gpu, gpu_type), str(output))
+    from flowers.pipeline import automl as automl_pipeline
+
+    builder = automl_pipeline.build_pipeline if automl else build_pipeline
+    compiler.Compiler().compile(builder(use_gpu, gpu_type), str(output))
     return output
 
 
@@ -100,6 +103,7 @@ def main(argv=None):
     c.add_argument("--output", default="pipeline.yaml")
     c.add_argument("--no-gpu", action="store_true", help="train on CPU nodes")
     c.add_argument("--gpu-type", default=DEFAULT_GPU, help=f"value of the {GPU_NODE_LABEL} node label")
+    c.add_argument("--automl", action="store_true", help="the AutoML variant (flowers.pipeline.automl)")
     r = sub.add_parser("run", help="run the pipeline")
     r.add_argument("--local", action="store_true", required=True, help="on this machine (kfp.local)")
     r.add_argument("--data", default=str(ROOT / "data" / "sample"), help="folder-per-class photo tree")
@@ -119,7 +123,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.command == "compile":
-        compile_pipeline(args.output, use_gpu=not args.no_gpu, gpu_type=args.gpu_type)
+        compile_pipeline(args.output, use_gpu=not args.no_gpu, gpu_type=args.gpu_type, automl=args.automl)
         print(f"wrote {args.output}")
     elif args.command == "run":
         _, params = run_local(args.data, args.workdir, backbone=args.backbone, max_steps=args.max_steps,

@@ -13,6 +13,7 @@ COMMANDS = {
     "batch-predict": ("flowers.predict.batch", "Beam: run the exported model over a CSV"),
     "deploy": ("flowers.deploy.publish", "copy a model to a serving base path as the next version"),
     "versions": ("flowers.deploy.versions", "list versions, set the default, roll back"),
+    "automl": ("flowers.automl.run", "photos folder -> searched, fine-tuned, exported model"),
 }
 
 
