@@ -15,10 +15,11 @@ import yaml
 
 from flowers.automl import space
 from flowers.core import containers
+from flowers.pipeline.wiring import GPU_NODE_LABEL
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1beta1", "experiments"
 NAME, NAMESPACE = "flowers-automl", "kubeflow"
-GPU_NODE_LABEL, GPU_TYPE = "cloud.google.com/gke-accelerator", "nvidia-tesla-t4"
+GPU_TYPE = "nvidia-tesla-t4"
 RECORDS = "gs://BUCKET/flowers/embeddings/efficientnet_lite2"  # the manifest's placeholder
 ALGORITHM = "tpe"  # Katib runs it with Optuna, as `flowers automl` does locally
 PARALLEL, MAX_TRIALS, MAX_FAILED = 3, 30, 3

@@ -6,12 +6,12 @@
 Import, preprocess, evaluate and deploy are the main pipeline's components, so the winner goes
 through the same gate: a search never replaces a better `stable` model.
 """
-from kfp import dsl, kubernetes
+from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from flowers.automl.katib import GPU_NODE_LABEL, GPU_TYPE
+from flowers.automl.katib import GPU_TYPE
 from flowers.core import containers, defaults
-from flowers.pipeline import components
+from flowers.pipeline import wiring
 
 
 @dsl.component(base_image=containers.image("train"), install_kfp_package=False)
@@ -91,11 +91,8 @@ def build_pipeline(use_gpu=True, gpu_type=GPU_TYPE, gpu_count=1):
         model_name: str = defaults.MODEL_NAME,
         label: str = defaults.STABLE,
     ):
-        data = components.import_data(data_dir=data_dir, train_csv=train_csv, eval_csv=eval_csv,
-                                      dict_path=dict_path, eval_fraction=eval_fraction, seed=seed)
-        data.set_display_name("Import data")
-        pre = components.preprocess(dataset=data.outputs["dataset"], backbone=backbone, beam_args=beam_args)
-        pre.set_display_name("Preprocess (Beam)").set_caching_options(True)
+        pre = wiring.import_and_preprocess(data_dir, train_csv, eval_csv, dict_path, eval_fraction, seed,
+                                           backbone, beam_args)
         found = search(train_records=pre.outputs["train_records"], eval_records=pre.outputs["eval_records"],
                        trials=trials, search_minutes=search_minutes, backend=search_backend)
         found.set_display_name("Search (Katib / Optuna)")
@@ -104,15 +101,8 @@ def build_pipeline(use_gpu=True, gpu_type=GPU_TYPE, gpu_count=1):
                           fine_tune_epochs=fine_tune_epochs)
         tuned.set_display_name("Fine-tune + export")
         if use_gpu:
-            tuned.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpu_count)
-            kubernetes.add_node_selector(tuned, label_key=GPU_NODE_LABEL, label_value=gpu_type)
-            kubernetes.add_toleration(tuned, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
-        gate = components.evaluate(model=tuned.outputs["model"], accuracy_threshold=accuracy_threshold,
-                                   model_config_file=model_config_file, model_name=model_name)
-        gate.set_display_name("Evaluate (gate)").set_caching_options(False)
-        dep = components.deploy(model=tuned.outputs["model"], decision=gate.outputs["decision"],
-                                reason=gate.outputs["reason"], model_base_path=model_base_path,
-                                model_config_file=model_config_file, model_name=model_name, label=label)
-        dep.set_display_name("Deploy (if the gate passed)").set_caching_options(False)
+            wiring.on_gpu(tuned, gpu_type, gpu_count)
+        wiring.gate_and_deploy(tuned.outputs["model"], accuracy_threshold, model_base_path, model_config_file,
+                               model_name, label)
 
     return flowers_automl_pipeline
