@@ -122,18 +122,20 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
     steps = -(-len(fit_uris) // batch_size)
     strategy = strategy or trainer.distribution_strategy()
     global_batch = batch_size * strategy.num_replicas_in_sync
+    n_labels = len(data["labels"])
     with strategy.scope():
-        model, tuned_backbone, tuned_head = build(data["backbone"], head_params, head_weights, len(data["labels"]), learning_rate,
-                            decay_steps=epochs * steps, warmup_steps=int(WARMUP * epochs * steps))
+        model, tuned_backbone, tuned_head = build(data["backbone"], head_params, head_weights, n_labels, learning_rate,
+                                                  decay_steps=epochs * steps, warmup_steps=int(WARMUP * epochs * steps))
     train_ds = train_dataset(fit_uris, fit_y, spec.image_size, global_batch)
     val_ds = eval_dataset(data["val"][0], data["val"][2], spec.image_size, global_batch)
     best_path = storage.join(workdir, "best.weights.h5")
     progress = Progress(epochs, steps, deadline, log)
+    early = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=PATIENCE)
     callbacks = [
         keras.callbacks.BackupAndRestore(storage.join(workdir, "backup")),  # resume after a kill
         keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True,
                                         save_weights_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=PATIENCE),
+        early,
         progress,
     ]
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
@@ -141,12 +143,12 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
     if storage.exists(best_path):
         model.load_weights(best_path)
     # A plain copy (outside any strategy) for export, as flowers.train does.
-    _, backbone, head = build(data["backbone"], head_params, head_weights, len(data["labels"]), learning_rate, 1, 0)
+    _, backbone, head = build(data["backbone"], head_params, head_weights, n_labels, learning_rate, 1, 0)
     for dst, src in zip((backbone, head), (tuned_backbone, tuned_head)):
         dst.set_weights(src.get_weights())
     scores = keras.Sequential([backbone, head]).predict(val_ds.map(lambda x, y: x), verbose=0)
     val_accuracy = search.accuracy(scores, data["val"][2])
-    stopped = "budget" if progress.stopped_by_deadline else ("early stopping" if epochs_run < epochs else "epochs")
+    stopped = "budget" if progress.stopped_by_deadline else ("early stopping" if early.stopped_epoch else "epochs")
     log(f"fine-tune: {epochs_run} epoch(s), stopped by {stopped}, val accuracy {val_accuracy:.4f}")
     return {"backbone": backbone, "head": head, "val_accuracy": val_accuracy, "epochs": epochs_run,
             "stopped": stopped, "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}

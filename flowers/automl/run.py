@@ -93,7 +93,8 @@ def run(data_dir, output, budget_minutes=BUDGET_MINUTES, trials=TRIALS, backbone
     summary["wall_time_s"] = round(time.time() - started, 1)
     storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
     log(f"winner: {summary['winner']['kind']} {params['backbone']}, eval accuracy {summary['eval_accuracy']:.4f} "
-        f"(frozen {summary['frozen']['eval_accuracy']:.4f}), {summary['wall_time_s']:.0f} s -> {summary['export_path']}")
+        f"(frozen {summary['frozen']['eval_accuracy']:.4f}), {summary['wall_time_s']:.0f} s "
+        f"-> {summary['export_path']}")
     log("had time for: " + "; ".join(summary["did"]))
     return summary
 

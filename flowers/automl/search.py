@@ -8,6 +8,7 @@ reported (trials.csv `eval_accuracy`), never used to choose, so the figures stay
 import csv
 import io
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -103,8 +104,10 @@ def open_study(path, resume):
         raise SearchError(f"{path}: the study is a SQLite file and needs a local --output")
     storage.makedirs(storage.dirname(path))
     url = f"sqlite:///{path}"
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat options
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+                                     heartbeat_stale_trial_callback=retry)
     return optuna.create_study(
         study_name=STUDY_NAME, storage=rdb, load_if_exists=True, direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=space.SEED, n_startup_trials=5),
