@@ -1,6 +1,6 @@
 """The flowers Kubeflow pipeline: import data -> preprocess -> train -> evaluate (gate) -> deploy.
 
-    python pipeline.py compile [--output pipeline.yaml] [--no-gpu]
+    python pipeline.py compile [--output pipeline.yaml] [--no-gpu] [--automl]
     python pipeline.py run --local [--data DIR]
     python pipeline.py submit --host URL --param model_base_path=gs://... --param model_config_file=...
         --param data_dir=gs://... [--param NAME=VALUE ...] [--experiment NAME] [--run-name NAME]
@@ -13,13 +13,12 @@ import re
 import sys
 import warnings
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 
 from flowers.core import defaults
-from flowers.pipeline import components
+from flowers.pipeline import components, wiring
 
 ROOT = pathlib.Path(__file__).resolve().parent
-GPU_NODE_LABEL = "cloud.google.com/gke-accelerator"
 DEFAULT_GPU = os.environ.get("FLOWERS_GPU_TYPE", "nvidia-tesla-t4")
 CSV_PARAMS = ("train_csv", "eval_csv", "dict_path")
 ANSI_COLOR = r"\x1b\[[0-9;]*m"  # kfp.local colours its messages
@@ -80,37 +79,28 @@ def build_pipeline(use_gpu=True, gpu_type=DEFAULT_GPU, gpu_count=1):
             model_name: The served model's name in models.config.
             label: The version label the deployed model gets (stable, or canary for a trial).
         """
-        data = components.import_data(data_dir=data_dir, train_csv=train_csv, eval_csv=eval_csv,
-                                      dict_path=dict_path, eval_fraction=eval_fraction, seed=seed)
-        data.set_display_name("Import data")
-        pre = components.preprocess(dataset=data.outputs["dataset"], backbone=backbone, beam_args=beam_args)
-        pre.set_display_name("Preprocess (Beam)").set_caching_options(True)
+        pre = wiring.import_and_preprocess(data_dir, train_csv, eval_csv, dict_path, eval_fraction, seed, backbone,
+                                           beam_args)
         trained = components.train(train_records=pre.outputs["train_records"],
                                    eval_records=pre.outputs["eval_records"], max_steps=max_steps,
                                    batch_size=batch_size, learning_rate=learning_rate, dropout=dropout,
                                    hidden_units=hidden_units)
         trained.set_display_name("Train head")
         if use_gpu:
-            trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpu_count)
-            kubernetes.add_node_selector(trained, label_key=GPU_NODE_LABEL, label_value=gpu_type)
-            kubernetes.add_toleration(trained, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
-        gate = components.evaluate(model=trained.outputs["model"], accuracy_threshold=accuracy_threshold,
-                                   model_base_path=model_base_path, model_config_file=model_config_file,
-                                   model_name=model_name)
-        gate.set_display_name("Evaluate (gate)").set_caching_options(False)
-        # A refused model shows as a skipped deploy step (KFP UI and kfp.local alike).
-        with dsl.If(gate.outputs["Output"] == "deploy", name="gate-passed"):
-            dep = components.deploy(model=trained.outputs["model"], model_base_path=model_base_path,
-                                    model_config_file=model_config_file, model_name=model_name, label=label)
-            dep.set_display_name("Deploy").set_caching_options(False)
+            wiring.on_gpu(trained, gpu_type, gpu_count)
+        wiring.gate_and_deploy(trained.outputs["model"], accuracy_threshold, model_base_path, model_config_file,
+                               model_name, label)
 
     return flowers_pipeline
 
 
-def compile_pipeline(output, use_gpu=True, gpu_type=DEFAULT_GPU):
+def compile_pipeline(output, use_gpu=True, gpu_type=DEFAULT_GPU, automl=False):
     from kfp import compiler
 
-    compiler.Compiler().compile(build_pipeline(use_gpu, gpu_type), str(output))
+    from flowers.pipeline import automl as automl_pipeline
+
+    builder = automl_pipeline.build_pipeline if automl else build_pipeline
+    compiler.Compiler().compile(builder(use_gpu, gpu_type), str(output))
     return output
 
 
@@ -199,7 +189,8 @@ def main(argv=None):
     c = sub.add_parser("compile", help="write the pipeline YAML")
     c.add_argument("--output", default="pipeline.yaml")
     c.add_argument("--no-gpu", action="store_true", help="train on CPU nodes")
-    c.add_argument("--gpu-type", default=DEFAULT_GPU, help=f"value of the {GPU_NODE_LABEL} node label")
+    c.add_argument("--gpu-type", default=DEFAULT_GPU, help=f"value of the {wiring.GPU_NODE_LABEL} node label")
+    c.add_argument("--automl", action="store_true", help="the AutoML variant (flowers.pipeline.automl)")
     r = sub.add_parser("run", help="run the pipeline")
     r.add_argument("--local", action="store_true", required=True, help="on this machine (kfp.local)")
     r.add_argument("--data", default=str(ROOT / "data" / "sample"), help="folder-per-class photo tree")
@@ -221,7 +212,8 @@ def main(argv=None):
 
     try:
         if args.command == "compile":
-            compile_pipeline(args.output, use_gpu=not args.no_gpu, gpu_type=args.gpu_type)
+            compile_pipeline(args.output, use_gpu=not args.no_gpu, gpu_type=args.gpu_type,
+                             automl=args.automl)
             print(f"wrote {args.output}")
         elif args.command == "run":
             try:

@@ -26,6 +26,7 @@ COMMANDS = {
     "deploy": ("flowers.deploy.publish", "copy a model to a serving base path as the next version"),
     "versions": ("flowers.deploy.versions", "list versions, set the default, roll back"),
     "console": ("flowers.console.app", "web console: try the model, its evaluation, the served versions"),
+    "automl": ("flowers.automl.run", "photos folder -> searched, fine-tuned, exported model"),
 }
 
 

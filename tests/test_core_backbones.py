@@ -14,7 +14,8 @@ DAISY = 985
 N_DAISY = 100
 
 
-@pytest.mark.parametrize("name,min_rate", [("efficientnet_lite0", 0.9), ("efficientnet_lite2", 0.9)])
+@pytest.mark.parametrize("name,min_rate", [("efficientnet_lite0", 0.9), ("efficientnet_lite1", 0.9),
+                                            ("efficientnet_lite2", 0.9)])
 def test_port_puts_daisy_in_the_top5_of_daisy_photos(photos, name, min_rate):
     spec = backbones.get(name)
     model = backbones.load(name, include_top=True)
@@ -27,7 +28,7 @@ def test_port_puts_daisy_in_the_top5_of_daisy_photos(photos, name, min_rate):
     assert backbones.imagenet_class_names()[DAISY] == "daisy"
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_embedding_model_matches_registry(name):
     spec = backbones.get(name)
     model = backbones.load(name)

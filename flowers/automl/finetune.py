@@ -1,0 +1,154 @@
+"""Fine-tune the search's winner end to end on images: backbone + head, augmented, with a cosine
+learning-rate schedule (after a warm-up), early stopping, checkpoints and resume, on every GPU
+(MirroredStrategy) or the CPU, with a progress line and an ETA.
+
+Pixels come from THE image function (flowers.core.images.decode_and_resize): validation images
+go through it exactly as the served model does; training images are decoded CROP_SCALE larger,
+then randomly cropped back, flipped and colour-jittered. Batch norm keeps its ImageNet
+statistics (the backbone runs in inference mode, its weights still learn), as keras.io's
+fine-tuning guide recommends for small datasets and batches.
+"""
+import time
+
+import keras
+import tensorflow as tf
+
+from flowers.automl import search
+from flowers.core import backbones, images, storage
+from flowers.train import head as head_lib, trainer
+
+# Hyper-parameters (the head's come from the search).
+EPOCHS = 12
+BATCH_SIZE = 32
+LEARNING_RATE = 1e-4  # peak, reached after the warm-up, then cosine decay to 0
+WARMUP = 0.1  # of all steps
+PATIENCE = 3  # epochs without a better validation accuracy before stopping
+CROP_SCALE = 1.15
+BRIGHTNESS, CONTRAST, SATURATION = 0.1, 0.2, 0.2  # colour jitter, on [0, 1] pixels
+MIN_SECONDS = 60  # less time left than this: fine-tuning is skipped
+
+
+def read_and_decode(uri, size):
+    return images.decode_and_resize(tf.io.read_file(uri), size)
+
+
+def augment(image, size, seed):
+    """uint8 [S', S', 3] (decoded CROP_SCALE larger) -> float [size, size, 3] in [0, 255]."""
+    x = tf.cast(image, tf.float32) / 255.0
+    x = tf.image.stateless_random_crop(x, [size, size, 3], seed=seed)
+    x = tf.image.stateless_random_flip_left_right(x, seed=seed + 1)
+    x = tf.image.stateless_random_brightness(x, BRIGHTNESS, seed=seed + 2)
+    x = tf.image.stateless_random_contrast(x, 1 - CONTRAST, 1 + CONTRAST, seed=seed + 3)
+    x = tf.image.stateless_random_saturation(x, 1 - SATURATION, 1 + SATURATION, seed=seed + 4)
+    return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
+def train_dataset(uris, targets, size, batch_size):
+    """Decoded once (uint8, in memory), then augmented afresh every epoch."""
+    big = int(round(size * CROP_SCALE))
+    ds = tf.data.Dataset.from_tensor_slices((list(uris), targets))
+    ds = ds.map(lambda u, y: (tf.cast(tf.round(read_and_decode(u, big)), tf.uint8), y),
+                num_parallel_calls=tf.data.AUTOTUNE).cache()
+    ds = ds.shuffle(len(uris), seed=search.space.SEED, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=search.space.SEED).batch(2)))
+    ds = ds.map(lambda xy, s: (augment(xy[0], size, tf.cast(s, tf.int32) % 2**30), xy[1]),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(uris, targets, size, batch_size):
+    ds = tf.data.Dataset.from_tensor_slices((list(uris), targets))
+    return ds.map(lambda u, y: (read_and_decode(u, size), y), num_parallel_calls=tf.data.AUTOTUNE) \
+             .cache().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+class Progress(keras.callbacks.Callback):
+    """One line every `every` batches and per epoch, with the ETA of the whole run; stops at the deadline."""
+
+    def __init__(self, epochs, steps, deadline, log, every=20):
+        super().__init__()
+        self.epochs, self.steps, self.deadline, self.log, self.every = epochs, steps, deadline, log, every
+        self.started, self.done, self.epoch, self.stopped_by_deadline = time.time(), 0, 0, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
+        if time.time() > self.deadline:
+            self.stopped_by_deadline = self.model.stop_training = True
+            self.log(f"fine-tune: budget reached in epoch {self.epoch + 1}, batch {batch + 1}: stopping")
+        elif (batch + 1) % self.every == 0:
+            self.log(f"fine-tune: epoch {self.epoch + 1}/{self.epochs} batch {batch + 1}/{self.steps} "
+                     f"loss {logs.get('loss', 0):.4f} {self._eta((self.epochs - self.epoch) * self.steps - batch - 1)}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.log(f"fine-tune: epoch {epoch + 1}/{self.epochs} loss {logs.get('loss', 0):.4f} "
+                 f"val_accuracy {logs.get('val_accuracy', 0):.4f} {self._eta((self.epochs - epoch - 1) * self.steps)}")
+
+    def _eta(self, batches_left):
+        """Time per batch so far (validation included) times the batches left, capped by the budget."""
+        left = (time.time() - self.started) / max(self.done, 1) * batches_left
+        return f"ETA {left / 60:.1f} min (budget left {(self.deadline - time.time()) / 60:.1f} min)"
+
+
+def build(backbone_name, head_params, head_weights, n_labels, fine_tune_lr, decay_steps, warmup_steps):
+    """Backbone (trainable, inference-mode BN) -> head initialised from the search's head."""
+    spec = backbones.get(backbone_name)
+    backbone = backbones.load(backbone_name)
+    head = head_lib.build_head(spec.embedding_size, n_labels, head_params["hidden_units"], head_params["dropout"])
+    head.set_weights(head_weights)
+    inputs = keras.Input((spec.image_size, spec.image_size, 3), name="image")
+    model = keras.Model(inputs, head(backbone(inputs, training=False)), name="fine_tuned")
+    schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps, warmup_target=fine_tune_lr,
+                                                      warmup_steps=warmup_steps)
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=head_params["weight_decay"]),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=head_params["label_smoothing"]),
+                  metrics=["accuracy"])
+    return model, backbone, head
+
+
+def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS, batch_size=BATCH_SIZE,
+              learning_rate=LEARNING_RATE, log=print, strategy=None):
+    """Fine-tune on data["fit"], validate on data["val"]; resumes from WORKDIR after a kill.
+
+    Returns {"backbone", "head", "val_accuracy", "epochs", "stopped"} with plain (non-distributed)
+    models holding the best validated weights, or None when no epoch could be afforded."""
+    if deadline - time.time() < MIN_SECONDS:
+        log("fine-tune: skipped, not enough budget left")
+        return None
+    spec = backbones.get(data["backbone"])
+    fit_uris, fit_x, fit_y = data["fit"]
+    steps = -(-len(fit_uris) // batch_size)
+    strategy = strategy or trainer.distribution_strategy()
+    global_batch = batch_size * strategy.num_replicas_in_sync
+    n_labels = len(data["labels"])
+    with strategy.scope():
+        model, tuned_backbone, tuned_head = build(data["backbone"], head_params, head_weights, n_labels, learning_rate,
+                                                  decay_steps=epochs * steps, warmup_steps=int(WARMUP * epochs * steps))
+    train_ds = train_dataset(fit_uris, fit_y, spec.image_size, global_batch)
+    val_ds = eval_dataset(data["val"][0], data["val"][2], spec.image_size, global_batch)
+    best_path = storage.join(workdir, "best.weights.h5")
+    progress = Progress(epochs, steps, deadline, log)
+    early = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=PATIENCE)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(storage.join(workdir, "backup")),  # resume after a kill
+        keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True,
+                                        save_weights_only=True),
+        early,
+        progress,
+    ]
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
+    epochs_run = len(history.history.get("val_accuracy", []))
+    if storage.exists(best_path):
+        model.load_weights(best_path)
+    # A plain copy (outside any strategy) for export, as flowers.train does.
+    _, backbone, head = build(data["backbone"], head_params, head_weights, n_labels, learning_rate, 1, 0)
+    for dst, src in zip((backbone, head), (tuned_backbone, tuned_head)):
+        dst.set_weights(src.get_weights())
+    scores = keras.Sequential([backbone, head]).predict(val_ds.map(lambda x, y: x), verbose=0)
+    val_accuracy = search.accuracy(scores, data["val"][2])
+    stopped = "budget" if progress.stopped_by_deadline else ("early stopping" if early.stopped_epoch else "epochs")
+    log(f"fine-tune: {epochs_run} epoch(s), stopped by {stopped}, val accuracy {val_accuracy:.4f}")
+    return {"backbone": backbone, "head": head, "val_accuracy": val_accuracy, "epochs": epochs_run,
+            "stopped": stopped, "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}

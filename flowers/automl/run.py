@@ -1,0 +1,189 @@
+"""`flowers automl DATA_DIR --output OUT`: a folder-per-class tree to a servable model.
+
+    import (stratified split) -> preprocess once per backbone (cached in OUT/embeddings/)
+    -> search the head on the embeddings (Optuna, OUT/study.sqlite3, OUT/trials.csv)
+    -> fine-tune the best candidate end to end on images (OUT/finetune/)
+    -> export the better of the two (by validation accuracy) to OUT/model/<version>/,
+       scored through its own serving signature: OUT/metrics.json, OUT/eval_predictions.jsonl
+
+It keeps to --budget_minutes: the search gets at most SEARCH_SHARE of it, fine-tuning what is
+left before the export, and OUT/summary.json says what it had time for. A killed run started
+again with --resume keeps its split, embeddings, finished trials and fine-tuning epochs.
+"""
+import argparse
+import json
+import sys
+import time
+
+from flowers.automl import space
+from flowers.core import backbones, records, storage
+
+DEFAULT_BACKBONES = ("efficientnet_lite2",)
+BUDGET_MINUTES = 60.0
+TRIALS = 30
+SEARCH_SHARE = 0.3  # of the budget, when fine-tuning follows
+EXPORT_RESERVE = 0.08  # of the budget (at least EXPORT_RESERVE_MIN_S) kept for export + evaluation
+EXPORT_RESERVE_MIN_S = 45
+
+
+def _log(msg):
+    print(f"[automl {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def import_data(data_dir, output, eval_fraction, seed, log):
+    from flowers.data import importer
+
+    folder = storage.join(output, "data")
+    if not storage.exists(storage.join(folder, "dict.txt")):
+        labels, n_train, n_eval = importer.import_tree(data_dir, folder, eval_fraction, seed)
+        log(f"imported {len(labels)} classes: {n_train} train, {n_eval} eval rows")
+    return folder
+
+
+def preprocess(data, output, backbone, log):
+    """OUT/embeddings/<backbone>/{train,eval}: made once, reused afterwards."""
+    from flowers.preprocess import pipeline
+
+    prefixes = [storage.join(output, "embeddings", backbone, split) for split in ("train", "eval")]
+    if all(storage.exists(records.metadata_path(p)) for p in prefixes):
+        log(f"{backbone}: cached embeddings")
+        return prefixes
+    started = time.time()
+    pipeline.run(["--input_path", f"{storage.join(data, 'train_set.csv')},{storage.join(data, 'eval_set.csv')}",
+                  "--input_dict", storage.join(data, "dict.txt"), "--output_path", ",".join(prefixes),
+                  "--backbone", backbone])
+    log(f"{backbone}: preprocessed in {time.time() - started:.0f} s")
+    return prefixes
+
+
+def run(data_dir, output, budget_minutes=BUDGET_MINUTES, trials=TRIALS, backbone_names=DEFAULT_BACKBONES,
+        fine_tune=True, resume=False, eval_fraction=0.1, seed=0, fine_tune_epochs=None, log=_log):
+    """The whole AutoML run; returns the summary (also in OUT/summary.json)."""
+    from flowers.automl import search
+
+    started = time.time()
+    budget = budget_minutes * 60
+    end = started + budget - max(EXPORT_RESERVE * budget, EXPORT_RESERVE_MIN_S)
+    summary = {"budget_minutes": budget_minutes, "phases": {}, "did": []}
+
+    def phase(name, t0):
+        summary["phases"][name] = round(time.time() - t0, 1)
+
+    study = search.open_study(storage.join(output, "study.sqlite3"), resume)  # refuses a study without resume
+    t0 = time.time()
+    data_folder = import_data(data_dir, output, eval_fraction, seed, log)
+    datasets = {}
+    for name in backbone_names:
+        datasets[name] = search.load_embeddings(*preprocess(data_folder, output, name, log))
+    phase("import_and_preprocess", t0)
+
+    t0 = time.time()
+    search_end = started + SEARCH_SHARE * budget if fine_tune else end
+    best = search.search(study, datasets, trials, min(search_end, end), log)
+    search.write_trials_csv(study, storage.join(output, "trials.csv"))
+    phase("search", t0)
+    n_done = search.finished(study)
+    summary["did"].append(f"search: {n_done} of {trials} trials finished")
+    if best is None:
+        raise search.SearchError("no trial finished within the budget: raise --budget_minutes")
+    params = dict(best.params, best_epoch=best.user_attrs.get("best_epoch", space.EPOCHS))
+    log(f"best trial {best.number}: val accuracy {best.value:.4f} {params}")
+    summary["frozen_trial"] = best.number
+    finish(params, datasets[params["backbone"]], output, end, fine_tune, fine_tune_epochs, summary, log)
+    summary["wall_time_s"] = round(time.time() - started, 1)
+    storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
+    log(f"winner: {summary['winner']['kind']} {params['backbone']}, eval accuracy {summary['eval_accuracy']:.4f} "
+        f"(frozen {summary['frozen']['eval_accuracy']:.4f}), {summary['wall_time_s']:.0f} s "
+        f"-> {summary['export_path']}")
+    log("had time for: " + "; ".join(summary["did"]))
+    return summary
+
+
+def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, summary=None, log=_log):
+    """From the search's best parameters to OUT/model/<version>/ and its evaluation files.
+
+    The frozen-feature candidate is the best trial's head retrained for its best number of epochs;
+    the fine-tuned one replaces it only with a validation accuracy at least as good. Also the
+    AutoML pipeline's fine-tune step (flowers.pipeline.automl)."""
+    from flowers.automl import finetune, search, winner
+    from flowers.train import metrics
+
+    summary = {"phases": {}, "did": []} if summary is None else summary
+
+    def phase(name, t0):
+        summary["phases"][name] = round(time.time() - t0, 1)
+
+    t0 = time.time()
+    head, history = search.train_head(params, data, epochs=params.get("best_epoch", space.EPOCHS))
+    frozen_val = history[-1]
+    frozen_eval = search.accuracy(head.predict(data["eval"][1], verbose=0), data["eval"][2])
+    train_figures = metrics.summarize(head.predict(data["fit"][1], verbose=0), data["fit"][2], data["labels"])
+    chosen = {"kind": "frozen", "backbone": None, "head": head, "val_accuracy": frozen_val,
+              "train_accuracy": train_figures["accuracy"], "train_loss": train_figures["loss"],
+              "steps": len(history) * -(-len(data["fit"][0]) // params["batch_size"])}
+    summary["frozen"] = {"val_accuracy": frozen_val, "eval_accuracy": frozen_eval}
+    phase("frozen_candidate", t0)
+
+    if fine_tune:
+        t0 = time.time()
+        kwargs = {"epochs": fine_tune_epochs} if fine_tune_epochs else {}
+        tuned = finetune.fine_tune(data, params, head.get_weights(), storage.join(output, "finetune"), end,
+                                   log=log, **kwargs)
+        phase("fine_tune", t0)
+        if tuned is None:
+            summary["did"].append("fine-tune: skipped, the budget was spent")
+        else:
+            summary["fine_tune"] = {"val_accuracy": tuned["val_accuracy"], "epochs": tuned["epochs"],
+                                    "stopped_by": tuned["stopped"], "history": tuned["history"]}
+            summary["did"].append(f"fine-tune: {tuned['epochs']} epoch(s), stopped by {tuned['stopped']}")
+            if tuned["val_accuracy"] >= frozen_val:
+                hist = tuned["history"]
+                chosen = {"kind": "fine-tuned", "backbone": tuned["backbone"], "head": tuned["head"],
+                          "val_accuracy": tuned["val_accuracy"],
+                          # as Keras saw them: augmented batches, dropout on
+                          "train_accuracy": (hist.get("accuracy") or [float("nan")])[-1],
+                          "train_loss": (hist.get("loss") or [float("nan")])[-1],
+                          "steps": tuned["epochs"] * -(-len(data["fit"][0]) // finetune.BATCH_SIZE)}
+    else:
+        summary["did"].append("fine-tune: off (--no-fine_tune)")
+
+    t0 = time.time()
+    summary["winner"] = {"kind": chosen["kind"], "backbone": params["backbone"], "params": params,
+                         "val_accuracy": chosen["val_accuracy"]}
+    backbone_model = chosen["backbone"] or backbones.load(params["backbone"])
+    extra = {"train_accuracy": chosen["train_accuracy"], "train_loss": chosen["train_loss"],
+             "steps": chosen["steps"], "automl": summary}
+    path, result = winner.export_and_evaluate(backbone_model, chosen["head"], data, output, extra)
+    phase("export_and_evaluate", t0)
+    summary.update({"export_path": path, "eval_accuracy": result["accuracy"]})
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="flowers automl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_dir", metavar="DATA_DIR", help="one folder of images per class")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--budget_minutes", type=float, default=BUDGET_MINUTES)
+    parser.add_argument("--trials", type=int, default=TRIALS)
+    parser.add_argument("--backbones", nargs="+", default=list(DEFAULT_BACKBONES),
+                        choices=[b for b in backbones.BACKBONES if b.startswith("efficientnet_lite")])
+    parser.add_argument("--fine_tune", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--fine_tune_epochs", type=int, help="at most this many epochs (default: finetune.EPOCHS)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in OUTPUT")
+    parser.add_argument("--eval_fraction", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from flowers.automl.search import SearchError
+
+    try:
+        run(args.data_dir, args.output, args.budget_minutes, args.trials, args.backbones, args.fine_tune,
+            args.resume, args.eval_fraction, args.seed, args.fine_tune_epochs)
+    except (SearchError, ValueError) as e:
+        print(f"flowers automl: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

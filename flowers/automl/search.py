@@ -1,0 +1,168 @@
+"""The head's hyper-parameter search on cached embeddings, with Optuna (TPE, median pruning).
+
+The study lives in a SQLite file, so a killed search resumes where it stopped: finished and
+pruned trials are kept, a trial killed mid-way is marked failed (heartbeat) and retried once.
+Trials are selected on a stratified validation slice of the TRAIN rows; the eval set is only
+reported (trials.csv `eval_accuracy`), never used to choose, so the figures stay honest.
+"""
+import csv
+import io
+import time
+import warnings
+
+import keras
+import numpy as np
+import optuna
+import tensorflow as tf
+
+from flowers.automl import space
+from flowers.core import records, storage
+from flowers.data import importer
+from flowers.train import head as head_lib, inputs
+
+STUDY_NAME = "flowers-automl"
+HEARTBEAT_S, GRACE_S = 5, 10  # a trial without a heartbeat for GRACE_S is stale (its run was killed)
+TRIAL_COLUMNS = ("number", "state", "value", "eval_accuracy", "best_epoch", "duration_s")
+
+
+class SearchError(ValueError):
+    """A study that cannot be started or resumed as asked."""
+
+
+def load_split(prefix):
+    """PREFIX's records -> (uris, embeddings [N, D], targets [N, C], metadata)."""
+    files, meta = inputs.read_inputs(records.shard_pattern(prefix), prefix)
+    n_labels, size = len(meta["labels"]), meta["embedding_size"]
+    uris, xs, ys = [], [], []
+    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024):
+        parsed = records.parse(batch, size)
+        x, y = parsed["embedding"], inputs.soft_targets(parsed["label"], n_labels)
+        uris += [u.decode() for u in parsed["image_uri"].numpy()]
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return uris, np.concatenate(xs), np.concatenate(ys), meta
+
+
+def load_embeddings(train_prefix, eval_prefix):
+    """{"fit", "val", "eval"}: each (uris, x, y), plus labels; val is a stratified slice of train."""
+    uris, x, y, meta = load_split(train_prefix)
+    by_class = {}
+    for i, label in enumerate(y.argmax(axis=1)):
+        by_class.setdefault(int(label), []).append(i)
+    fit, val = importer.stratified_split(by_class, space.VALIDATION_FRACTION, space.SEED)
+    fit, val = np.array(sorted(i for i, _ in fit)), np.array(sorted(i for i, _ in val))
+    e_uris, ex, ey, _ = load_split(eval_prefix)
+    take = lambda idx: ([uris[i] for i in idx], x[idx], y[idx])  # noqa: E731
+    return {"fit": take(fit), "val": take(val), "eval": (e_uris, ex, ey), "labels": meta["labels"],
+            "backbone": meta["backbone"], "embedding_size": meta["embedding_size"]}
+
+
+def accuracy(scores, targets):
+    """A row is right when its argmax is one of its labels (as flowers.train.metrics)."""
+    return float((targets[np.arange(len(targets)), scores.argmax(axis=1)] > 0).mean()) if len(targets) else 0.0
+
+
+def compile_head(head, params):
+    head.compile(optimizer=keras.optimizers.AdamW(params["learning_rate"], weight_decay=params["weight_decay"]),
+                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=params["label_smoothing"]),
+                 metrics=["categorical_accuracy"], steps_per_execution=8)
+
+
+class _ReportAccuracy(keras.callbacks.Callback):
+    """Validation accuracy per epoch (computed inside fit) to Optuna, which may prune the trial."""
+
+    def __init__(self, trial=None):
+        super().__init__()
+        self.trial, self.history = trial, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history.append(float(logs["val_categorical_accuracy"]))
+        if self.trial is not None:
+            self.trial.report(self.history[-1], epoch)
+            if self.trial.should_prune():
+                raise optuna.TrialPruned()
+
+
+def train_head(params, data, epochs=space.EPOCHS, trial=None):
+    """A fresh head trained on data["fit"] -> (head, val accuracy per epoch)."""
+    keras.utils.set_random_seed(space.SEED)
+    _, x, y = data["fit"]
+    head = head_lib.build_head(data["embedding_size"], len(data["labels"]), params["hidden_units"],
+                              params["dropout"])
+    compile_head(head, params)
+    report = _ReportAccuracy(trial)
+    head.fit(x, y, batch_size=params["batch_size"], epochs=epochs, verbose=0, callbacks=[report], shuffle=True,
+             validation_data=data["val"][1:], validation_batch_size=1024)
+    return head, report.history
+
+
+def open_study(path, resume):
+    """The study in PATH (SQLite); an existing one is reused only with resume."""
+    if storage.exists(path) and not resume:
+        raise SearchError(f"{path} holds a study already: pass --resume, or choose another --output")
+    if storage.is_remote(path):
+        raise SearchError(f"{path}: the study is a SQLite file and needs a local --output")
+    storage.makedirs(storage.dirname(path))
+    url = f"sqlite:///{path}"
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat options
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                     heartbeat_stale_trial_callback=retry)
+    return optuna.create_study(
+        study_name=STUDY_NAME, storage=rdb, load_if_exists=True, direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=space.SEED, n_startup_trials=5),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5))
+
+
+def finished(study):
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def search(study, datasets, n_trials, deadline, log=print):
+    """Run trials until the study holds n_trials finished ones or the deadline passes.
+
+    datasets: {backbone: load_embeddings(...)}. Returns the study's best trial (or None)."""
+
+    def objective(trial):
+        params = space.suggest(trial, datasets)
+        data = datasets[params["backbone"]]
+        head, history = train_head(params, data, trial=trial)
+        best_epoch = int(np.argmax(history))
+        eval_acc = accuracy(head.predict(data["eval"][1], verbose=0, batch_size=1024), data["eval"][2])
+        trial.set_user_attr("best_epoch", best_epoch + 1)
+        trial.set_user_attr("eval_accuracy", eval_acc)
+        log(f"trial {trial.number}: val accuracy {history[best_epoch]:.4f} (epoch {best_epoch + 1}), "
+            f"eval accuracy {eval_acc:.4f}, {params}")
+        return history[best_epoch]
+
+    remaining = n_trials - finished(study)
+    timeout = deadline - time.time()
+    if remaining > 0 and timeout > 0:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        study.optimize(objective, n_trials=remaining, timeout=timeout,
+                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=states)])
+    try:
+        return study.best_trial
+    except ValueError:  # no completed trial
+        return None
+
+
+def write_trials_csv(study, path):
+    """Every trial: number, state, objective, eval accuracy, epochs, seconds, then its parameters."""
+    trials = study.get_trials(deepcopy=False)
+    names = sorted({k for t in trials for k in t.params})
+    lines = [list(TRIAL_COLUMNS) + names]
+    for t in trials:
+        duration = t.duration.total_seconds() if t.duration else ""
+        lines.append([t.number, t.state.name, "" if t.value is None else round(t.value, 6),
+                      _round(t.user_attrs.get("eval_accuracy")), t.user_attrs.get("best_epoch", ""),
+                      _round(duration, 2)] + [t.params.get(k, "") for k in names])
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(lines)
+    storage.write_text(path, buf.getvalue())
+
+
+def _round(value, digits=6):
+    return round(value, digits) if isinstance(value, float) else ("" if value is None else value)

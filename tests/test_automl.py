@@ -1,0 +1,271 @@
+"""`flowers automl` end to end on real photos (killed mid-search, resumed, served), the Katib
+Experiment it ships for clusters, and the compiled AutoML pipeline."""
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import kubernetes_validate
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from flowers import testing
+from flowers.automl import katib, space
+from flowers.core import images
+from flowers.predict import client
+
+from conftest import CLASSES, ROOT
+
+PER_CLASS, TRIALS = 10, 4
+BACKBONE = "efficientnet_lite0"
+KATIB_STDOUT_FILTER = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"  # Katib's default metrics filter
+
+
+def automl(*args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, "-m", "flowers", "automl", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def finished_trials(study_path):
+    if not os.path.exists(study_path):
+        return []
+    try:
+        study = optuna.load_study(study_name="flowers-automl", storage=f"sqlite:///{study_path}")
+    except KeyError:  # created, no study row yet
+        return []
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return [(t.number, t.value, t.params) for t in study.get_trials(states=states)]
+
+
+@pytest.fixture(scope="module")
+def run(photos, tmp_path_factory):
+    """A photo tree of PER_CLASS photos per class; `flowers automl` killed once a trial has
+    finished, refused without --resume, then resumed to the end."""
+    root = tmp_path_factory.mktemp("photos")
+    for c in CLASSES:
+        (root / c).mkdir()
+        for p in photos[c][:PER_CLASS]:
+            os.symlink(p, root / c / os.path.basename(p))
+    out = tmp_path_factory.mktemp("automl") / "out"
+    args = [str(root), "--output", str(out), "--backbones", BACKBONE, "--trials", str(TRIALS),
+            "--fine_tune_epochs", "1", "--budget_minutes", "40"]
+    study_path = str(out / "study.sqlite3")
+
+    first = automl(*args)
+    deadline = time.time() + 900
+    while not finished_trials(study_path) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first_log = first.communicate()[0]
+    before = finished_trials(study_path)
+    assert before, f"no trial finished before the kill:\n{first_log[-3000:]}"
+    assert not (out / "model").exists(), "the kill came too late: the first run had finished"
+
+    refused = automl(*args)
+    refused_log = refused.communicate(timeout=600)[0]
+
+    resumed = automl(*args, "--resume")
+    resumed_log = resumed.communicate(timeout=1800)[0]
+    assert resumed.returncode == 0, resumed_log[-4000:]
+    return {"out": out, "before": before, "refused": (refused.returncode, refused_log), "log": resumed_log,
+            "after": finished_trials(study_path), "held_out": {c: photos[c][PER_CLASS:PER_CLASS + 2] for c in CLASSES}}
+
+
+def test_a_study_is_not_overwritten_without_resume(run):
+    code, log = run["refused"]
+    assert code == 1 and "pass --resume" in log
+
+
+def test_resume_keeps_the_finished_trials_and_the_embeddings(run):
+    after = {n: (v, p) for n, v, p in run["after"]}
+    for number, value, params in run["before"]:
+        assert after[number] == (value, params)  # kept, not re-run
+    assert len(run["after"]) == TRIALS
+    assert f"{BACKBONE}: cached embeddings" in run["log"]
+    with open(run["out"] / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {int(r["number"]) for r in rows} >= set(after)
+    for r in rows:
+        if r["state"] == "COMPLETE":
+            assert 0 <= float(r["value"]) <= 1 and 0 <= float(r["eval_accuracy"]) <= 1
+            assert float(r["duration_s"]) > 0 and r["backbone"] == BACKBONE
+            assert {name for name, *_ in space.PARAMETERS} <= set(r)
+
+
+def test_summary_says_what_it_had_time_for(run):
+    summary = json.loads((run["out"] / "summary.json").read_text())
+    assert summary["did"][0] == f"search: {TRIALS} of {TRIALS} trials finished"
+    assert summary["did"][1].startswith("fine-tune: ")
+    assert summary["winner"]["kind"] in ("frozen", "fine-tuned")
+    assert "had time for: search" in run["log"]
+
+
+def test_the_served_model_is_the_evaluated_one(run):
+    """Scores served over REST from raw bytes == the scores the evaluation files hold (which
+    the exported signature computed): what was evaluated is what is served."""
+    out = run["out"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    version_dir = out / "model" / str(metrics["version"])
+    assert json.loads((version_dir / "assets.extra" / "metrics.json").read_text()) == metrics
+    rows = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["n_eval"] == len(CLASSES)  # 10 % of 10 per class
+    assert metrics["accuracy"] == pytest.approx(np.mean([r["predicted"] in r["labels"] for r in rows]))
+    uris = [r["uri"] for r in rows] + [p for c in CLASSES for p in run["held_out"][c]]
+    truth = [r["labels"][0] for r in rows] + [c for c in CLASSES for _ in run["held_out"][c]]
+
+    config = testing.write_config_files(str(out), "flowers", str(out / "model"))
+    with testing.running(config) as (rest_url, _):
+        preds = client.RestClient(rest_url).predict([open(u, "rb").read() for u in uris], keys=uris)
+    for row, pred in zip(rows, preds):
+        assert pred["label"] == row["predicted"]
+        np.testing.assert_allclose(pred["scores"], row["scores"], atol=1e-5)
+    right = sum(p["label"] == t for p, t in zip(preds, truth))
+    assert right >= 0.7 * len(uris), f"{right}/{len(uris)} photos right"
+
+
+def test_fine_tuning_sees_the_served_pixels(photos):
+    """Validation images in fine-tuning are THE image function's pixels, bit for bit; training
+    images are the same function at CROP_SCALE, randomly cropped back to the served size."""
+    from flowers.automl import finetune
+
+    paths = [photos[c][0] for c in CLASSES]
+    size = 224
+    ds = finetune.eval_dataset(paths, np.eye(len(paths), dtype=np.float32), size, batch_size=len(paths))
+    pixels = next(iter(ds))[0].numpy()
+    for path, got in zip(paths, pixels):
+        np.testing.assert_array_equal(got, images.load_image(open(path, "rb").read(), size))
+    train = next(iter(finetune.train_dataset(paths, np.eye(len(paths), dtype=np.float32), size, len(paths))))[0]
+    assert train.shape == (len(paths), size, size, 3)
+    assert 0 <= float(np.min(train)) and float(np.max(train)) <= 255
+
+
+def test_katib_trial_prints_the_metrics_katib_collects(run):
+    emb = run["out"] / "embeddings" / BACKBONE
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowers.automl.trial", f"--train_records={emb / 'train'}",
+         f"--eval_records={emb / 'eval'}", "--learning_rate=0.001", "--weight_decay=0.0001", "--dropout=0.2",
+         "--label_smoothing=0.1", "--hidden_units=256", "--batch_size=32", "--epochs=3"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = {}
+    for line in proc.stdout.splitlines():
+        for name, value, *_ in re.findall(KATIB_STDOUT_FILTER, line):
+            found.setdefault(name, []).append(float(value))
+    assert len(found[space.OBJECTIVE]) == 3 + 1  # one per epoch, then the best
+    assert found[space.OBJECTIVE][-1] == max(found[space.OBJECTIVE][:-1])
+    assert 0 <= found["eval_accuracy"][0] <= 1
+
+
+# --- Katib Experiment ------------------------------------------------------------------
+
+# Katib's experiment CRD has no schema (x-kubernetes-preserve-unknown-fields), so the check is
+# structural: the v1beta1 API's field names (pkg/apis/v1beta1/swagger.json; distribution: v0.17+).
+KATIB_FIELDS = {
+    "spec": {"algorithm", "earlyStopping", "maxFailedTrialCount", "maxTrialCount", "metricsCollectorSpec",
+             "nasConfig", "objective", "parallelTrialCount", "parameters", "resumePolicy", "trialTemplate"},
+    "objective": {"additionalMetricNames", "goal", "metricStrategies", "objectiveMetricName", "type"},
+    "algorithm": {"algorithmName", "algorithmSettings"},
+    "earlyStopping": {"algorithmName", "algorithmSettings"},
+    "parameter": {"feasibleSpace", "name", "parameterType"},
+    "feasibleSpace": {"list", "max", "min", "step", "distribution"},
+    "trialTemplate": {"configMap", "failureCondition", "primaryContainerName", "primaryPodLabels", "retain",
+                      "successCondition", "trialParameters", "trialSpec"},
+    "trialParameter": {"description", "name", "reference"},
+    "metricsCollectorSpec": {"collector", "source"},
+}
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    return yaml.safe_load((ROOT / "k8s" / "katib" / "experiment.yaml").read_text())
+
+
+def test_katib_manifest_is_generated_from_the_search_space(experiment):
+    assert experiment == katib.experiment()  # regenerate: python -m flowers.automl.katib
+    params = {p["name"]: p for p in experiment["spec"]["parameters"]}
+    assert list(params) == [name for name, *_ in space.PARAMETERS]
+    for name, kind, low, high, log in space.PARAMETERS:
+        feasible = params[name]["feasibleSpace"]
+        if kind == "categorical":
+            assert feasible["list"] == [str(v) for v in high]
+        else:
+            assert (float(feasible["min"]), float(feasible["max"])) == (low, high)
+            assert feasible["distribution"] == ("logUniform" if log else "uniform")
+
+
+def test_katib_experiment_is_structurally_valid(experiment):
+    assert (experiment["apiVersion"], experiment["kind"]) == ("kubeflow.org/v1beta1", "Experiment")
+    spec = experiment["spec"]
+    assert set(spec) <= KATIB_FIELDS["spec"]
+    for key in ("objective", "algorithm", "earlyStopping", "trialTemplate", "metricsCollectorSpec"):
+        assert set(spec[key]) <= KATIB_FIELDS[key], key
+    for p in spec["parameters"]:
+        assert set(p) <= KATIB_FIELDS["parameter"] and set(p["feasibleSpace"]) <= KATIB_FIELDS["feasibleSpace"]
+        assert p["parameterType"] in ("double", "int", "discrete", "categorical")
+        assert all(isinstance(v, str) for v in p["feasibleSpace"].get("list", []))
+    assert spec["objective"]["type"] == "maximize" and spec["objective"]["objectiveMetricName"] == "accuracy"
+    assert spec["algorithm"]["algorithmName"] == "tpe" and spec["metricsCollectorSpec"]["collector"]["kind"] == "StdOut"
+
+    template = spec["trialTemplate"]
+    names = {p["name"] for p in spec["parameters"]}
+    assert all(set(t) <= KATIB_FIELDS["trialParameter"] for t in template["trialParameters"])
+    assert {t["reference"] for t in template["trialParameters"]} == names
+    job = template["trialSpec"]
+    kubernetes_validate.validate(job, "1.32.0", strict=True)  # the trial's Job, against Kubernetes' schema
+    pod = job["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == template["primaryContainerName"]]
+    used = set(re.findall(r"\$\{trialParameters\.(\w+)\}", " ".join(container["args"])))
+    assert used == {t["name"] for t in template["trialParameters"]}
+    assert container["command"] == ["python", "-m", "flowers.automl.trial"]
+    assert re.search(r"/train:[^/]+-gpu$", container["image"])
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {katib.GPU_NODE_LABEL: katib.GPU_TYPE}
+
+
+def test_katib_optimal_trial_is_read_back_typed():
+    status = {"currentOptimalTrial": {"parameterAssignments": [
+        {"name": "learning_rate", "value": "0.002"}, {"name": "hidden_units", "value": "512"},
+        {"name": "batch_size", "value": "64"}, {"name": "dropout", "value": "0.25"}]}}
+    assert katib.best_params(status) == {"learning_rate": 0.002, "hidden_units": 512, "batch_size": 64,
+                                         "dropout": 0.25}
+
+
+# --- The compiled AutoML pipeline --------------------------------------------------------
+
+def compile_automl(tmp_path, *flags):
+    out = tmp_path / "automl.yaml"
+    subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "compile", "--automl", "--output", str(out), *flags],
+                   check=True, capture_output=True)
+    docs = list(yaml.safe_load_all(out.read_text()))
+    return docs[0], (docs[1] if len(docs) > 1 else {})
+
+
+def test_automl_pipeline_fine_tunes_on_a_gpu_and_deploys_through_the_gate(tmp_path):
+    spec, platform = compile_automl(tmp_path, "--gpu-type", "nvidia-l4")
+    assert spec["pipelineInfo"]["name"] == "flowers-automl"
+    tune = spec["deploymentSpec"]["executors"]["exec-fine-tune"]["container"]
+    assert tune["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-fine-tune"]
+    assert k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    images_ = {name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()}
+    assert images_["exec-search"].endswith("/train:0.1.0") and images_["exec-preprocess"].endswith("/preprocess:0.1.0")
+    comps = spec["components"]
+    assert comps["comp-fine-tune"]["outputDefinitions"]["artifacts"]["model"]["artifactType"][
+        "schemaTitle"] == "system.Model"
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["fine-tune"]["inputs"]["parameters"]["params"]["taskOutputParameter"]["producerTask"] == "search"
+    assert tasks["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == "fine-tune"
+    decision = tasks["deploy"]["inputs"]["parameters"]["decision"]["taskOutputParameter"]
+    assert decision == {"producerTask": "evaluate", "outputParameterKey": "decision"}
+    assert tasks["deploy"]["cachingOptions"].get("enableCache", False) is False
+
+    spec, platform = compile_automl(tmp_path, "--no-gpu")
+    assert "resources" not in spec["deploymentSpec"]["executors"]["exec-fine-tune"]["container"]
+    assert "exec-fine-tune" not in json.dumps(platform)
