@@ -153,6 +153,7 @@ def test_kfp_metrics_per_class_and_html_artifact(stack, tmp_path):
 
     folder = tmp_path / "model"
     shutil.copytree(extra(stack["base"], 1), folder)
+    (folder / defaults.REPORT_FILE).unlink(missing_ok=True)  # the trainer copies one in: make it build its own
     metrics, html = Metrics(uri=str(tmp_path / "metrics")), HTML(uri=str(tmp_path / "report.html"))
     report.log_to_kfp(str(folder), metrics, html)
     per_class = json.load(open(folder / defaults.METRICS_FILE))["per_class"]
