@@ -262,9 +262,12 @@ def test_automl_pipeline_fine_tunes_on_a_gpu_and_deploys_through_the_gate(tmp_pa
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["fine-tune"]["inputs"]["parameters"]["params"]["taskOutputParameter"]["producerTask"] == "search"
     assert tasks["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == "fine-tune"
-    decision = tasks["deploy"]["inputs"]["parameters"]["decision"]["taskOutputParameter"]
-    assert decision == {"producerTask": "evaluate", "outputParameterKey": "decision"}
-    assert tasks["deploy"]["cachingOptions"].get("enableCache", False) is False
+    # The same gate as the main pipeline: deploy sits in a dsl.If on the evaluate step's single output.
+    (branch,) = [t for t in tasks.values() if t.get("triggerPolicy")]
+    assert branch["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--evaluate-Output'] == 'deploy'"
+    inner = comps[branch["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(inner) == ["deploy"] and inner["deploy"]["cachingOptions"].get("enableCache", False) is False
 
     spec, platform = compile_automl(tmp_path, "--no-gpu")
     assert "resources" not in spec["deploymentSpec"]["executors"]["exec-fine-tune"]["container"]

@@ -147,8 +147,9 @@ def test_versions_list_follows_a_latest_n_policy(tmp_path, capsys):
                                policy="latest { num_versions: 2 }", metrics_path=None)
     assert versions.main(["list", "--model_config_file", str(tmp_path / "models.config")]) == 0
     out = capsys.readouterr().out.splitlines()
-    rows = {line.split()[0]: line.split()[1:] for line in out[2:]}
-    assert rows == {"1": ["no"], "2": ["yes", "stable"], "3": ["yes"]}
+    rows = {line.split()[0]: line.split()[1] for line in out[2:]}  # version -> served
+    assert rows == {"1": "no", "2": "yes", "3": "yes"}
+    assert out[3].split()[-1] == "stable"  # version 2's row ends with its label
 
 
 def test_version_dir_takes_a_version_folder_or_the_highest_in_its_parent(exported_model, tmp_path):

@@ -280,7 +280,7 @@ def test_local_overlay_is_small_and_reachable(rendered):
 KSERVE_COMPONENT_FIELDS = {"minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "scaleMetricType",
                            "containerConcurrency", "timeout", "canaryTrafficPercent", "logger", "batcher",
                            "labels", "annotations", "deploymentStrategy", "autoScaling", "workerSpec"}
-KSERVE_MODEL_FIELDS = {"modelFormat", "runtime", "storageUri", "protocolVersion", "storage"}
+KSERVE_MODEL_FIELDS = {"modelFormat", "runtime", "runtimeVersion", "storageUri", "protocolVersion", "storage"}
 
 
 def test_kserve_inference_service_is_well_formed(rendered):

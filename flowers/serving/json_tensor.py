@@ -107,7 +107,7 @@ def _scalar(value, dtype):
             try:
                 return value.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate such as "\ud800": valid JSON, not text
-                raise invalid(f"JSON Value: {_short(value)} is not valid UTF-8 text") from None
+                raise invalid(f"JSON Value: {short(value)} is not valid UTF-8 text") from None
         if isinstance(value, dict):
             return decode_b64(value)
         raise type_error()
