@@ -11,7 +11,7 @@ from PIL import Image
 
 import flowers
 from flowers.core import backbones, images, records
-from flowers.preprocess import options, pipeline as preprocess
+from flowers.preprocess import options, outputs, pipeline as preprocess
 
 BACKBONE = "efficientnet_lite0"  # the fast one
 MAX_PIXELS = 1_000_000  # small enough that a 1100x1000 image is a "bomb", large enough for the photos
@@ -112,7 +112,7 @@ def test_records_hold_the_backbones_embedding_of_each_file(run):
 
 
 def test_rejected_csv_lists_each_bad_row_with_its_reason(run):
-    with open(preprocess.rejected_path(run["train"])) as f:
+    with open(outputs.rejected_path(run["train"])) as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["line", "input", "reason", "message"]
     by_line = {int(line): (inp, reason, message) for line, inp, reason, message in rows[1:]}
@@ -128,7 +128,7 @@ def test_rejected_csv_lists_each_bad_row_with_its_reason(run):
             assert inp == text  # the raw line
         else:
             assert inp == str(run["tmp"] / text.split(",")[0])  # the resolved uri
-    with open(preprocess.rejected_path(run["eval"])) as f:
+    with open(outputs.rejected_path(run["eval"])) as f:
         assert f.read().splitlines() == ["line,input,reason,message"]
 
 
@@ -189,7 +189,7 @@ def test_multi_process_runner_writes_the_same_records_as_one_worker(run, tmp_pat
             assert got[uri][1] == labels
             # Batches differ between the runs; oneDNN may then round differently in the last bits.
             np.testing.assert_allclose(got[uri][0], embedding, atol=1e-5, rtol=0)
-        with open(preprocess.rejected_path(run[split])) as a, open(preprocess.rejected_path(prefix)) as b:
+        with open(outputs.rejected_path(run[split])) as a, open(outputs.rejected_path(prefix)) as b:
             # line, input, reason (a decoder message names a per-process TF function: not compared)
             assert sorted(r[:3] for r in csv.reader(a)) == sorted(r[:3] for r in csv.reader(b))
         meta, want_meta = records.read_metadata(prefix), records.read_metadata(run[split])

@@ -19,8 +19,6 @@ container.
 """
 import collections
 import concurrent.futures
-import csv
-import io
 import logging
 import os
 import sys
@@ -37,15 +35,13 @@ from apache_beam.utils.windowed_value import WindowedValue
 from flowers.core import backbones, images, progress, records, storage
 from flowers.core.rejection import Rejection
 from flowers.data import rows as csv_rows
-from flowers.preprocess import options
-from flowers.preprocess import handler as model_handler
+from flowers.preprocess import handler as model_handler, options, outputs
 
 _LOGGER = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 100  # log a progress line every this many embedded images (per worker)
 METRICS_NAMESPACE = "flowers_preprocess"
 REJECTED = "rejected"
-REJECTED_HEADER = "line,input,reason,message"
 DECODE_THREADS = 2  # per worker process; decoding one image is single-threaded
 DECODE_AHEAD = 96  # images decoded ahead of inference: more than a batch, so the next one is ready
 
@@ -160,12 +156,6 @@ def to_example(element):
     return records.make_example(item.uri, result.inference, item.label_ids).SerializeToString()
 
 
-def to_csv_line(reject):
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow([reject.line, reject.input, reject.reason, reject.message])
-    return buf.getvalue()
-
-
 def build(p, jobs, label_names, backbone_name, max_pixels=images.DEFAULT_MAX_PIXELS,
           min_batch_size=options.BATCH_SIZE, max_batch_size=options.BATCH_SIZE):
     """Add the pipeline to `p`. jobs: [(csv_path, [(line_no, line), ...], prefix)]."""
@@ -219,9 +209,9 @@ def build(p, jobs, label_names, backbone_name, max_pixels=images.DEFAULT_MAX_PIX
             prefix, file_name_suffix=records.RECORD_SUFFIX, compression_type=CompressionTypes.GZIP))
         done.append(
             rejects_by_set[split]
-            | f"FormatRejects {name}" >> beam.Map(to_csv_line)
+            | f"FormatRejects {name}" >> beam.Map(outputs.to_csv_line)
             | f"WriteRejects {name}" >> beam.io.WriteToText(
-                rejected_path(prefix), shard_name_template="", header=REJECTED_HEADER))
+                outputs.rejected_path(prefix), shard_name_template="", header=outputs.REJECTED_HEADER))
 
     counts = events | "AllEvents" >> beam.Flatten() | "Count" >> beam.combiners.Count.PerElement()
     base = {"backbone": spec.name, "image_size": spec.image_size, "embedding_size": spec.embedding_size,
@@ -230,23 +220,10 @@ def build(p, jobs, label_names, backbone_name, max_pixels=images.DEFAULT_MAX_PIX
         p
         | "Finish" >> beam.Create([None])
         | "WriteMetadata" >> beam.Map(
-            _write_all_metadata, beam.pvalue.AsList(counts),
+            outputs.write_all_metadata, beam.pvalue.AsList(counts),
             beam.pvalue.AsList(done | "AllWrites" >> beam.Flatten()),
             [(csv_path, prefix) for csv_path, _, prefix in jobs], base))
     return p
-
-
-def _write_all_metadata(_, counts, outputs_done, jobs, base):
-    del outputs_done  # a side input only so that this step waits for every write
-    for split, (csv_path, prefix) in enumerate(jobs):
-        mine = {kind: n for (s, kind), n in counts if s == split}
-        read, written = mine.pop("read", 0), mine.pop("written", 0)
-        counts_ = {"read": read, "written": written, "rejected": dict(sorted(mine.items()))}
-        records.write_metadata(prefix, dict(base, input_path=csv_path, counts=counts_))
-
-
-def rejected_path(prefix):
-    return f"{prefix}.rejected.csv"
 
 
 def _names(prefixes):
@@ -255,23 +232,13 @@ def _names(prefixes):
     return names if len(set(names)) == len(names) else [f"{i}:{n}" for i, n in enumerate(names)]
 
 
-def remove_old_outputs(prefix):
-    """A rerun with fewer shards must not leave old shards behind for PREFIX-*.tfrecord.gz."""
-    old = storage.glob(records.shard_pattern(prefix))
-    old += [p for p in (records.metadata_path(prefix), rejected_path(prefix)) if storage.exists(p)]
-    for path in old:
-        storage.gfile.remove(path)
-    if old:
-        _LOGGER.info("removed %d old output file(s) of %s", len(old), prefix)
-
-
 def run(argv=None, test_pipeline=None):
     """Run the pipeline to completion; returns the metadata dict of each --output_path, in order."""
     args = options.parse_args(argv, __doc__)
     label_names = csv_rows.read_dict(args.input_dict)
     jobs = [(path, csv_rows.read_lines(path), prefix) for path, prefix in zip(args.inputs, args.outputs)]
     for prefix in args.outputs:
-        remove_old_outputs(prefix)
+        outputs.remove_old_outputs(prefix)
 
     start = time.perf_counter()
     runner = args.options.view_as(StandardOptions).runner
@@ -290,7 +257,7 @@ def run(argv=None, test_pipeline=None):
     elapsed = time.perf_counter() - start
 
     metadata = [records.read_metadata(prefix) for prefix in args.outputs]
-    print_summary(args.outputs, metadata, elapsed)
+    outputs.print_summary(args.outputs, metadata, elapsed)
     return metadata
 
 
@@ -298,20 +265,6 @@ def _embeds_in_this_process(pipeline_options):
     runner = pipeline_options.view_as(StandardOptions).runner
     mode = pipeline_options.view_as(DirectOptions).direct_running_mode
     return runner in ("FnApiRunner", "DirectRunner", None) and mode != "multi_processing"
-
-
-def print_summary(prefixes, metadata, elapsed):
-    for prefix, meta in zip(prefixes, metadata):
-        c = meta["counts"]
-        rejected = ", ".join(f"{n} {reason}" for reason, n in c["rejected"].items()) or "none"
-        print(f"{prefix}: read {c['read']}, written {c['written']}, "
-              f"rejected {sum(c['rejected'].values())} ({rejected})")
-        if c["rejected"]:
-            print(f"  rejected rows listed in {rejected_path(prefix)}")
-    read = sum(m["counts"]["read"] for m in metadata)
-    written = sum(m["counts"]["written"] for m in metadata)
-    print(f"{written} of {read} images embedded in {elapsed:.1f} s: {written / elapsed:.1f} images/s "
-          f"({metadata[0]['backbone']})")
 
 
 def _not_beam_noise(record):

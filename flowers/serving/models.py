@@ -17,8 +17,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
 from flowers.core import base_path, images, model_config, storage
-from flowers.core.rejection import Rejection
-from flowers.serving import batching, warmup
+from flowers.serving import batching, limits, warmup
 from flowers.serving.servable import Servable
 from flowers.serving.errors import Code, from_tf_error, invalid, not_found, redact_paths
 
@@ -27,8 +26,6 @@ log = logging.getLogger(__name__)
 State = get_model_status_pb2.ModelVersionStatus.State
 # The most work one request may ask for (not TF Serving flags: without batching it has no cap,
 # and 10,000 tiny images in one request would take the whole machine).
-DEFAULT_MAX_INSTANCES = 256
-DEFAULT_MAX_REQUEST_PIXELS = 4 * images.DEFAULT_MAX_PIXELS
 
 
 @dataclasses.dataclass
@@ -44,8 +41,8 @@ class _Model:
 class Manager:
     def __init__(self, config, *, config_path=None, batching_options=None, model_executor, load_executor,
                  allow_labels_for_unavailable=False, max_load_retries=5, load_retry_interval_s=60.0,
-                 max_image_pixels=images.DEFAULT_MAX_PIXELS, max_request_instances=DEFAULT_MAX_INSTANCES,
-                 max_request_pixels=DEFAULT_MAX_REQUEST_PIXELS, metrics=None, warmup=False):
+                 max_image_pixels=images.DEFAULT_MAX_PIXELS, max_request_instances=limits.DEFAULT_MAX_INSTANCES,
+                 max_request_pixels=limits.DEFAULT_MAX_REQUEST_PIXELS, metrics=None, warmup=False):
         self.config_path = config_path
         self.models = {}
         self.model_executor, self.load_executor = model_executor, load_executor
@@ -293,29 +290,9 @@ class Manager:
                 sizes.add(arr.shape[0])
         if len(sizes) > 1:
             raise invalid("Batching Run() input tensors must have equal 0th-dimension size")
-        self.check_work(signature, inputs, max((a.shape[0] for a in inputs.values() if a.ndim), default=0))
+        limits.check_work(signature, inputs, max((a.shape[0] for a in inputs.values() if a.ndim), default=0),
+                          self.max_image_pixels, self.max_request_instances, self.max_request_pixels)
         return sizes.pop() if sizes else None
-
-    def check_work(self, signature, inputs, size):
-        """Cap what one request may ask for: instances, then the pixels its images declare
-        (each image under --max_image_pixels, all of them under --max_request_pixels)."""
-        if self.max_request_instances and size > self.max_request_instances:
-            raise invalid(f"Request has {size} instances, more than the limit of {self.max_request_instances}")
-        total = 0
-        for name, arr in inputs.items():
-            if signature.inputs[name].dtype != tf.string or not name.endswith("_bytes"):
-                continue
-            for value in arr.ravel():
-                try:
-                    _fmt, width, height = images.probe(value, self.max_image_pixels)
-                except Rejection as e:
-                    if e.reason == "too_large":  # the model itself rejects non-images
-                        raise invalid(f"Input {name}: {e}") from None
-                    continue
-                total += width * height
-                if self.max_request_pixels and total > self.max_request_pixels:
-                    raise invalid(f"Input {name}: the request's images hold more than the limit of "
-                                  f"{self.max_request_pixels} pixels in all")
 
     async def predict(self, servable, signature, inputs):
         """Run the signature on {name: ndarray}; batched with other requests when batching is on."""

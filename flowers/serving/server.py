@@ -20,7 +20,7 @@ import socket
 import sys
 
 from flowers.core import defaults, images, model_config
-from flowers.serving import batching, grpc_service, metrics as metrics_lib, models, protos, rest
+from flowers.serving import batching, grpc_service, limits, metrics as metrics_lib, models, protos, rest
 
 log = logging.getLogger("flowers.serve")
 READY = "flowers serve: ready"
@@ -71,9 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000)
     p.add_argument("--max_image_pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
                    help="reject *_bytes image inputs over this many pixels; 0: no check (not a TF Serving flag)")
-    p.add_argument("--max_request_instances", type=int, default=models.DEFAULT_MAX_INSTANCES,
+    p.add_argument("--max_request_instances", type=int, default=limits.DEFAULT_MAX_INSTANCES,
                    help="requests with more instances get 400; 0: no cap (not a TF Serving flag)")
-    p.add_argument("--max_request_pixels", type=int, default=models.DEFAULT_MAX_REQUEST_PIXELS,
+    p.add_argument("--max_request_pixels", type=int, default=limits.DEFAULT_MAX_REQUEST_PIXELS,
                    help="requests whose *_bytes images declare more pixels in all get 400; 0: no cap "
                         "(not a TF Serving flag)")
     p.add_argument("--rest_read_timeout_seconds", type=float, default=rest.DEFAULT_READ_TIMEOUT_S,

@@ -162,7 +162,7 @@ def render(metrics, predictions, confusion_image):
                "<h2>Training curves</h2><p>No training history in metrics.json.</p>")
     mistakes = confident_mistakes(predictions, labels)
     if predictions:
-        out.append(f"<h2>Most confident mistakes</h2><div class='mistakes'>")
+        out.append("<h2>Most confident mistakes</h2><div class='mistakes'>")
         for p in mistakes:
             thumb = thumbnail(p["uri"])
             img = f"<img alt='' src='{_data_uri('image/jpeg', thumb)}'>" if thumb else "<i>photo unreadable</i>"
