@@ -42,6 +42,12 @@ class ArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)  # a misspelt flag is an error, never a guess
         super().__init__(*args, **kwargs)
 
+    def add_argument(self, *args, **kwargs):
+        # argparse lists no flag without help text, so a bare flag would hide its default.
+        if "help" not in kwargs and kwargs.get("default") not in (None, False, argparse.SUPPRESS):
+            kwargs["help"] = "default: %(default)s"
+        return super().add_argument(*args, **kwargs)
+
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 

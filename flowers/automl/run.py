@@ -15,6 +15,7 @@ import json
 import sys
 import time
 
+from flowers import cli
 from flowers.automl import space
 from flowers.core import backbones, records, storage
 
@@ -160,8 +161,7 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="flowers automl", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="flowers automl", description=__doc__)
     parser.add_argument("data_dir", metavar="DATA_DIR", help="one folder of images per class")
     parser.add_argument("--output", required=True)
     parser.add_argument("--budget_minutes", type=float, default=BUDGET_MINUTES)

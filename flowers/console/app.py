@@ -8,7 +8,6 @@ eval files from its assets.extra/, found through models.config's base path) and 
 server's view beside the config's). Read-only: it never changes what is served. Eval photos are
 served only as the uris listed in that version's eval_predictions.jsonl, by index.
 """
-import argparse
 import asyncio
 import pathlib
 import sys
@@ -16,6 +15,7 @@ import sys
 import aiohttp
 from aiohttp import web
 
+from flowers import cli
 from flowers.console import sources
 from flowers.core import defaults, images
 from flowers.core.rejection import Rejection
@@ -262,8 +262,7 @@ def make_app(server, model=defaults.MODEL_NAME, model_config_file=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="flowers console", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="flowers console", description=__doc__)
     parser.add_argument("--server", required=True, help="the model server's REST address, http://HOST:8501")
     parser.add_argument("--model", default=defaults.MODEL_NAME)
     parser.add_argument("--model_config_file", help="models.config: labels, policy and the base path whose "

@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 
+from flowers import cli
 from flowers.core import defaults, images, model_config
 from flowers.serving import batching, grpc_service, limits, metrics as metrics_lib, models, protos, rest
 
@@ -37,8 +38,7 @@ def _bool(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="flowers serve", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="flowers serve", description=__doc__)
     flag = dict(nargs="?", const=True, default=False, type=_bool, metavar="BOOL")
     p.add_argument("--port", type=int, default=8500, help="gRPC port")
     p.add_argument("--grpc_host", default="127.0.0.1", help="gRPC bind address (not a TF Serving flag)")

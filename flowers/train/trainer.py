@@ -15,7 +15,6 @@ and writes under OUTPUT:
     OUTPUT/model/<version>/      the SavedModel (image bytes in, see flowers.train.export), with
                                  metrics.json and eval_predictions.jsonl in assets.extra/
 """
-import argparse
 import json
 import math
 import sys
@@ -25,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from flowers import cli
 from flowers.core import defaults, storage
 from flowers.train import export, inputs, metrics, report
 from flowers.train.head import (BATCH_SIZE, DROPOUT, EVAL_EVERY, HIDDEN_UNITS, LEARNING_RATE, MAX_STEPS, SEED,
@@ -202,8 +202,7 @@ def train(train_data_paths, eval_data_paths, output_path, max_steps=MAX_STEPS, b
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="flowers train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="flowers train", description=__doc__)
     parser.add_argument("--train_data_paths", required=True,
                         help="comma-separated PREFIX-*.tfrecord.gz patterns of the train set")
     parser.add_argument("--eval_data_paths", required=True,

@@ -1,10 +1,10 @@
 """`flowers backbone classify IMAGE...`: top-5 ImageNet classes, a smoke test of a backbone."""
-import argparse
 import json
 import sys
 
 import numpy as np
 
+from flowers import cli
 from flowers.core import backbones, images
 from flowers.core.rejection import Rejection
 
@@ -28,7 +28,7 @@ def classify(paths, backbone=backbones.DEFAULT_BACKBONE, weights=None, k=5):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="flowers backbone", description=__doc__)
+    parser = cli.ArgumentParser(prog="flowers backbone", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     cls = sub.add_parser("classify", help="print the top-5 ImageNet classes of images")
     cls.add_argument("images", nargs="+", metavar="IMAGE")
