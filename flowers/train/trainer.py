@@ -17,7 +17,9 @@ and writes under OUTPUT:
 """
 import json
 import math
+import signal
 import sys
+import threading
 import time
 
 import keras
@@ -46,6 +48,18 @@ def distribution_strategy():
 def current_step(model):
     """The optimizer's step counter, saved and restored with the weights (int() fails on a MirroredVariable)."""
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+class InterruptBetweenSteps(keras.callbacks.Callback):
+    """`flowers train` turns Ctrl-C into a request (see main) that this raises as KeyboardInterrupt at
+    the next step's end, in Python: raised while TensorFlow runs C++ (restoring, tracing, the first
+    step) a KeyboardInterrupt can be swallowed, and training would go on."""
+
+    requested = threading.Event()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested.is_set():
+            raise KeyboardInterrupt
 
 
 class StopAtStep(keras.callbacks.Callback):
@@ -159,7 +173,7 @@ def train(train_data_paths, eval_data_paths, output_path, max_steps=MAX_STEPS, b
         model.fit(train_ds, validation_data=eval_ds, steps_per_epoch=eval_every,
                   epochs=math.ceil(max_steps / eval_every), initial_epoch=start_step // eval_every,
                   shuffle=False, verbose=1 if progress_bar else 0,  # train_ds is shuffled
-                  callbacks=[StopAtStep(max_steps),
+                  callbacks=[InterruptBetweenSteps(), StopAtStep(max_steps),
                              EvalHistory(history_path, history, max_steps,
                                          (lambda msg: None) if progress_bar else log),
                              backup,
@@ -216,6 +230,14 @@ def main(argv=None):
     parser.add_argument("--eval_every", type=int, default=EVAL_EVERY,
                         help="steps between evaluations and backups")
     args = parser.parse_args(argv)
+    # Ctrl-C becomes a request that training honours at the next step's end (InterruptBetweenSteps);
+    # a second Ctrl-C interrupts at once.
+    def interrupt(_signum, _frame):
+        if InterruptBetweenSteps.requested.is_set():
+            raise KeyboardInterrupt
+        InterruptBetweenSteps.requested.set()
+
+    previous = signal.signal(signal.SIGINT, interrupt)
     try:
         train(args.train_data_paths, args.eval_data_paths, args.output_path, max_steps=args.max_steps,
               batch_size=args.batch_size, learning_rate=args.learning_rate, dropout=args.dropout,
@@ -228,6 +250,8 @@ def main(argv=None):
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"flowers train: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return 0
 
 
