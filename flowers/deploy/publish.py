@@ -6,7 +6,7 @@ point a label at it, what `gcloud ml-engine versions create` (+ `set-default`) d
 
 The version is written under a temporary name, then renamed, so a server that polls the base
 path never sees a half-written version; only then does models.config change (see
-flowers.versions for the labels and the version policy). The config defaults to
+flowers.deploy.versions for the labels and the version policy). The config defaults to
 `models.config` beside the base path's folder (BASE/../models.config); the model is added to it
 if it is not there yet, with BASE as its base_path (a local BASE made absolute, so a server
 started from any folder finds it). A model already in the config keeps its

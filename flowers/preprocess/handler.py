@@ -59,7 +59,7 @@ class _Loading:
 
 
 class BackboneModelHandler(base.ModelHandler):
-    """Examples are float32 [S, S, 3] arrays from `flowers.images.load_image`;
+    """Examples are float32 [S, S, 3] arrays from `flowers.core.images.load_image`;
     predictions are PredictionResult(example, float32 [embedding_size])."""
 
     def __init__(self, backbone_name, min_batch_size=32, max_batch_size=32):

@@ -8,7 +8,7 @@
 (train and eval, say). All pairs run in ONE pipeline that loads the backbone once per worker.
 For each pair it writes
 
-    PREFIX-SSSSS-of-NNNNN.tfrecord.gz   one tf.train.Example per good row (flowers.records schema)
+    PREFIX-SSSSS-of-NNNNN.tfrecord.gz   one tf.train.Example per good row (flowers.core.records schema)
     PREFIX.rejected.csv                 line,input,reason,message for every skipped row
     PREFIX.metadata.json                backbone, image_size, embedding_size, labels, counts, ...
 

@@ -2,7 +2,7 @@
 
 Every model built here takes float images in [0, 255] of shape
 (N, image_size, image_size, 3) and applies its own input normalisation, so
-callers only ever feed `flowers.images.decode_and_resize` output.
+callers only ever feed `flowers.core.images.decode_and_resize` output.
 """
 import dataclasses
 import functools
