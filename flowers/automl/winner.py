@@ -36,10 +36,7 @@ def export_and_evaluate(backbone_model, head, data, output, extra):
     result = {**figures, "backbone": data["backbone"], "labels": labels, "n_eval": len(uris),
               "n_train": len(data["fit"][0]) + len(data["val"][0]),
               "version": int(path.rstrip("/").rsplit("/", 1)[-1]), **extra}
-    predictions = "".join(json.dumps({
-        "uri": uri, "labels": [labels[j] for j in np.flatnonzero(target > 0)],
-        "predicted": labels[int(s.argmax())], "scores": [round(float(v), 6) for v in s]}) + "\n"
-        for uri, target, s in zip(uris, targets, scores))
+    predictions = metrics.prediction_lines(uris, scores, targets, labels)
     text = json.dumps(result, indent=2) + "\n"
     for folder in (output, storage.join(path, "assets.extra")):
         storage.write_text(storage.join(folder, defaults.METRICS_FILE), text)

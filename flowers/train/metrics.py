@@ -5,6 +5,8 @@ confusion matrix and per-class figures a row's true class is the predicted class
 is one of its labels, otherwise its lowest label id; so the diagonal sums to the hits and
 accuracy = trace / rows.
 """
+import json
+
 import numpy as np
 
 EPSILON = 1e-7  # Keras' clip for log(0)
@@ -35,3 +37,10 @@ def summarize(scores, targets, labels):
 
 def _ratio(a, b):
     return float(a / b) if b else 0.0
+
+
+def prediction_lines(uris, scores, targets, labels):
+    """eval_predictions.jsonl: {"uri", "labels", "predicted", "scores"} per row, in record order."""
+    return "".join(json.dumps({"uri": uri, "labels": [labels[i] for i in np.flatnonzero(target > 0)],
+                               "predicted": labels[int(np.argmax(row))], "scores": [float(s) for s in row]}) + "\n"
+                   for uri, row, target in zip(uris, scores, targets))

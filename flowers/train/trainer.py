@@ -23,7 +23,6 @@ import threading
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from flowers import cli
@@ -122,13 +121,6 @@ def score(model, files, rows, embedding_size, labels, batch_size):
     return uris, scores, targets, metrics.summarize(scores, targets, labels)
 
 
-def prediction_lines(uris, scores, targets, labels):
-    """eval_predictions.jsonl: {"uri", "labels", "predicted", "scores"} per row, in record order."""
-    return "".join(json.dumps({"uri": uri, "labels": [labels[i] for i in np.flatnonzero(target > 0)],
-                               "predicted": labels[int(np.argmax(row))], "scores": [float(s) for s in row]}) + "\n"
-                   for uri, row, target in zip(uris, scores, targets))
-
-
 def train(train_data_paths, eval_data_paths, output_path, max_steps=MAX_STEPS, batch_size=BATCH_SIZE,
           learning_rate=LEARNING_RATE, dropout=DROPOUT, hidden_units=HIDDEN_UNITS, eval_every=EVAL_EVERY,
           verbose=True, strategy=None):
@@ -202,7 +194,7 @@ def train(train_data_paths, eval_data_paths, output_path, max_steps=MAX_STEPS, b
         "replicas": strategy.num_replicas_in_sync, "version": version, "history": history,
     }
     files = {defaults.METRICS_FILE: json.dumps(result, indent=2) + "\n",
-             defaults.EVAL_PREDICTIONS_FILE: prediction_lines(uris, eval_scores, eval_targets, labels)}
+             defaults.EVAL_PREDICTIONS_FILE: metrics.prediction_lines(uris, eval_scores, eval_targets, labels)}
     for name, text in files.items():
         storage.write_text(storage.join(output_path, name), text)
         storage.write_text(storage.join(export_path, "assets.extra", name), text)
