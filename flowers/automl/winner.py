@@ -6,7 +6,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
-from flowers.core import defaults, storage
+from flowers.core import base_path, defaults, storage
 from flowers.train import export, metrics
 
 EVAL_BATCH = 32
@@ -35,7 +35,7 @@ def export_and_evaluate(backbone_model, head, data, output, extra):
     figures = metrics.summarize(scores, targets, labels)
     result = {**figures, "backbone": data["backbone"], "labels": labels, "n_eval": len(uris),
               "n_train": len(data["fit"][0]) + len(data["val"][0]),
-              "version": int(path.rstrip("/").rsplit("/", 1)[-1]), **extra}
+              "version": base_path.version_of(path), **extra}
     predictions = metrics.prediction_lines(uris, scores, targets, labels)
     text = json.dumps(result, indent=2) + "\n"
     for folder in (output, storage.join(path, "assets.extra")):

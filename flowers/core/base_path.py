@@ -38,3 +38,8 @@ def version_dir(path):
     if not found:
         raise ValueError(f"{path} is not a SavedModel folder, nor a folder of numbered ones")
     return found[max(found)]
+
+
+def version_of(version_path):
+    """The integer version of a version folder BASE/<version>."""
+    return int(str(version_path).rstrip("/").rsplit("/", 1)[-1])

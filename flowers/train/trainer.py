@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from flowers import cli
-from flowers.core import defaults, storage
+from flowers.core import base_path, defaults, storage
 from flowers.train import export, inputs, metrics, report
 from flowers.train.head import (BATCH_SIZE, DROPOUT, EVAL_EVERY, HIDDEN_UNITS, LEARNING_RATE, MAX_STEPS, SEED,
                                 build_head, compile_head)
@@ -181,7 +181,7 @@ def train(train_data_paths, eval_data_paths, output_path, max_steps=MAX_STEPS, b
     serving_head = build_head(embedding_size, len(labels), hidden_units, dropout)
     serving_head.set_weights(model.get_weights())
     export_path = export.export(serving_head, backbone, labels, storage.join(output_path, "model"))
-    version = int(export_path.rstrip("/").rsplit("/", 1)[-1])
+    version = base_path.version_of(export_path)
 
     result = {
         "accuracy": eval_figures["accuracy"], "loss": eval_figures["loss"],
