@@ -114,6 +114,8 @@ def test_the_served_model_is_the_evaluated_one(run):
     metrics = json.loads((out / "metrics.json").read_text())
     version_dir = out / "model" / str(metrics["version"])
     assert json.loads((version_dir / "assets.extra" / "metrics.json").read_text()) == metrics
+    report = (version_dir / "assets.extra" / "report.html").read_text()  # the console's full report
+    assert report == (out / "report.html").read_text() and "Confusion matrix" in report
     rows = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["n_eval"] == len(CLASSES)  # 10 % of 10 per class
     assert metrics["accuracy"] == pytest.approx(np.mean([r["predicted"] in r["labels"] for r in rows]))

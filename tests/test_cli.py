@@ -158,3 +158,34 @@ def test_set_default_with_server_waits_until_the_server_serves_it(deployed, tmp_
                           "--wait_seconds", "3")
         assert run.returncode == 1 and "stable -> version 1" in run.stdout  # the config did change
         assert "--model_config_file_poll_wait_seconds" in run.stderr and len(run.stderr.splitlines()) == 1
+
+
+def test_preprocess_process_ends_without_teardown_yet_loses_nothing(photos, tmp_path):
+    """`flowers preprocess` ends its process with os._exit (skipping ~1 s of interpreter teardown):
+    its output must still be complete (every line flushed through a pipe, every record written and
+    the gzip stream closed) and its exit code the command's own, success or failure."""
+    (tmp_path / "dict.txt").write_text("daisy\nroses\n")
+    (tmp_path / "train.csv").write_text("".join(f"{p},daisy\n" for p in photos["daisy"][:3]))
+    (tmp_path / "eval.csv").write_text(f"{photos['roses'][0]},roses\n")
+    (tmp_path / "bad.csv").write_text(f"{tmp_path / 'missing.jpg'},daisy\n")
+    base = ["preprocess", "--input_dict", str(tmp_path / "dict.txt"), "--backbone", "efficientnet_lite0"]
+
+    run = flowers_cli(*base, "--input_path", f"{tmp_path / 'train.csv'},{tmp_path / 'eval.csv'}",
+                      "--output_path", f"{tmp_path / 'out' / 'train'},{tmp_path / 'out' / 'eval'}")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.rstrip().splitlines()[-1].startswith("next: flowers train --train_data_paths")
+    written = {}
+    for split in ("train", "eval"):
+        files = list((tmp_path / "out").glob(f"{split}-*.tfrecord.gz"))
+        written[split] = sum(1 for _ in tf_records(files))  # reads each gzip stream to its end
+    assert written == {"train": 3, "eval": 1}
+
+    failed = flowers_cli(*base, "--input_path", str(tmp_path / "bad.csv"), "--output_path", str(tmp_path / "bad"))
+    assert failed.returncode == 1
+    assert "no image could be embedded" in failed.stderr
+
+
+def tf_records(files):
+    import tensorflow as tf
+
+    return tf.data.TFRecordDataset([str(f) for f in files], compression_type="GZIP").as_numpy_iterator()

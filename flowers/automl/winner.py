@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from flowers.core import base_path, defaults, storage
-from flowers.train import export, metrics
+from flowers.train import export, metrics, report
 
 EVAL_BATCH = 32
 
@@ -24,7 +24,7 @@ def score_export(export_path, uris):
 
 
 def export_and_evaluate(backbone_model, head, data, output, extra):
-    """OUT/model/<version>/ + OUT/metrics.json + OUT/eval_predictions.jsonl (copied to assets.extra/).
+    """OUT/model/<version>/ + OUT/metrics.json, eval_predictions.jsonl, report.html (copied to assets.extra/).
 
     extra: more metrics.json keys (train_accuracy, train_loss, steps, the run's summary)."""
     labels = data["labels"]
@@ -41,4 +41,7 @@ def export_and_evaluate(backbone_model, head, data, output, extra):
     for folder in (output, storage.join(path, "assets.extra")):
         storage.write_text(storage.join(folder, defaults.METRICS_FILE), text)
         storage.write_text(storage.join(folder, defaults.EVAL_PREDICTIONS_FILE), predictions)
+    report.write_report(output)  # report.html, as flowers train writes it: the console links to it
+    storage.gfile.copy(storage.join(output, defaults.REPORT_FILE),
+                       storage.join(path, "assets.extra", defaults.REPORT_FILE), overwrite=True)
     return path, result
