@@ -102,7 +102,7 @@ def test_resume_keeps_the_finished_trials_and_the_embeddings(run):
 def test_summary_says_what_it_had_time_for(run):
     summary = json.loads((run["out"] / "summary.json").read_text())
     assert summary["did"][0] == f"search: {TRIALS} of {TRIALS} trials finished"
-    assert summary["did"][1].startswith("fine-tune: ")
+    assert summary["did"][1].startswith(f"fine-tune {BACKBONE}: ")
     assert summary["winner"]["kind"] in ("frozen", "fine-tuned")
     assert "had time for: search" in run["log"]
 

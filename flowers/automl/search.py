@@ -40,7 +40,10 @@ def load_split(prefix):
         uris += [u.decode() for u in parsed["image_uri"].numpy()]
         xs.append(x.numpy())
         ys.append(y.numpy())
-    return uris, np.concatenate(xs), np.concatenate(ys), meta
+    # Beam writes records in no fixed order: sorted by URI, the validation slice taken below is
+    # the same rows for every backbone and every run, so their accuracies compare.
+    order = np.argsort(uris, kind="stable")
+    return [uris[i] for i in order], np.concatenate(xs)[order], np.concatenate(ys)[order], meta
 
 
 def load_embeddings(train_prefix, eval_prefix):
@@ -136,6 +139,9 @@ def search(study, datasets, n_trials, deadline, log=print):
             f"eval accuracy {eval_acc:.4f}, {params}")
         return history[best_epoch]
 
+    if not study.get_trials(deepcopy=False):  # a new study: every backbone is tried (and can be fine-tuned)
+        for name in datasets:
+            study.enqueue_trial({"backbone": name})
     remaining = n_trials - finished(study)
     timeout = deadline - time.time()
     if remaining > 0 and timeout > 0:
@@ -147,6 +153,16 @@ def search(study, datasets, n_trials, deadline, log=print):
         return study.best_trial
     except ValueError:  # no completed trial
         return None
+
+
+def best_per_backbone(study):
+    """{backbone: its best completed trial}."""
+    best = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        name = t.params["backbone"]
+        if name not in best or t.value > best[name].value:
+            best[name] = t
+    return best
 
 
 def write_trials_csv(study, path):
