@@ -19,7 +19,8 @@ from flowers.core import backbones, base_path as layout, defaults, images, stora
 from flowers.serving import inference, warmup
 
 CLASSIFY_SIGNATURE, IMAGE_FEATURE = defaults.CLASSIFY_SIGNATURE, defaults.IMAGE_FEATURE
-# containers/serve/batching.config allowed_batch_sizes (a test checks they agree).
+# Batch sizes warmed up at load: powers of two up to containers/serve/batching.config's max_batch_size
+# (a test checks any allowed_batch_sizes there are among them).
 WARMUP_BATCH_SIZES = (1, 2, 4, 8, 16)
 WARMUP_IMAGE_SIZE = (240, 320)  # a typical photo's height, width
 
