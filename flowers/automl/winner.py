@@ -1,12 +1,10 @@
 """Export the winner with flowers.train.export (same signature, same image function) and score
 THE EXPORTED MODEL on the eval images' raw bytes: the evaluation files describe exactly what
 TF Serving will serve, so train/serve skew cannot hide between them."""
-import json
-
 import numpy as np
 import tensorflow as tf
 
-from flowers.core import base_path, defaults, storage
+from flowers.core import base_path, storage
 from flowers.train import export, metrics, report
 
 EVAL_BATCH = 32
@@ -36,12 +34,5 @@ def export_and_evaluate(backbone_model, head, data, output, extra):
     result = {**figures, "backbone": data["backbone"], "labels": labels, "n_eval": len(uris),
               "n_train": len(data["fit"][0]) + len(data["val"][0]),
               "version": base_path.version_of(path), **extra}
-    predictions = metrics.prediction_lines(uris, scores, targets, labels)
-    text = json.dumps(result, indent=2) + "\n"
-    for folder in (output, storage.join(path, "assets.extra")):
-        storage.write_text(storage.join(folder, defaults.METRICS_FILE), text)
-        storage.write_text(storage.join(folder, defaults.EVAL_PREDICTIONS_FILE), predictions)
-    report.write_report(output)  # report.html, as flowers train writes it: the console links to it
-    storage.gfile.copy(storage.join(output, defaults.REPORT_FILE),
-                       storage.join(path, "assets.extra", defaults.REPORT_FILE), overwrite=True)
+    report.write_evaluation(output, path, result, metrics.prediction_lines(uris, scores, targets, labels))
     return path, result

@@ -173,6 +173,18 @@ def render(metrics, predictions, confusion_image):
     return "".join(out + ["</body></html>\n"])
 
 
+def write_evaluation(folder, export_path, result, predictions):
+    """metrics.json (`result`), eval_predictions.jsonl (`predictions`, its text) and report.html in
+    FOLDER and in the export's assets.extra/, where the deploy gate and the console read them."""
+    files = {defaults.METRICS_FILE: json.dumps(result, indent=2) + "\n", defaults.EVAL_PREDICTIONS_FILE: predictions}
+    for name, text in files.items():
+        storage.write_text(storage.join(folder, name), text)
+        storage.write_text(storage.join(export_path, "assets.extra", name), text)
+    write_report(folder)  # report.html + confusion_matrix.png from the files above
+    storage.gfile.copy(storage.join(folder, defaults.REPORT_FILE),
+                       storage.join(export_path, "assets.extra", defaults.REPORT_FILE), overwrite=True)
+
+
 def write_report(folder):
     """FOLDER/report.html and FOLDER/confusion_matrix.png from FOLDER's eval files; returns the report's path."""
     metrics, predictions = load(folder)

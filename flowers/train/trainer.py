@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from flowers import cli
-from flowers.core import base_path, defaults, storage
+from flowers.core import base_path, storage
 from flowers.train import export, inputs, metrics, report
 from flowers.train.head import (BATCH_SIZE, DROPOUT, EVAL_EVERY, HIDDEN_UNITS, LEARNING_RATE, MAX_STEPS, SEED,
                                 build_head, compile_head)
@@ -193,14 +193,8 @@ def train(train_data_paths, eval_data_paths, output_path, max_steps=MAX_STEPS, b
                             "dropout": dropout, "hidden_units": hidden_units, "eval_every": eval_every},
         "replicas": strategy.num_replicas_in_sync, "version": version, "history": history,
     }
-    files = {defaults.METRICS_FILE: json.dumps(result, indent=2) + "\n",
-             defaults.EVAL_PREDICTIONS_FILE: metrics.prediction_lines(uris, eval_scores, eval_targets, labels)}
-    for name, text in files.items():
-        storage.write_text(storage.join(output_path, name), text)
-        storage.write_text(storage.join(export_path, "assets.extra", name), text)
-    report.write_report(output_path)  # report.html + confusion_matrix.png from the files above
-    storage.gfile.copy(storage.join(output_path, defaults.REPORT_FILE),
-                       storage.join(export_path, "assets.extra", defaults.REPORT_FILE), overwrite=True)
+    report.write_evaluation(output_path, export_path, result,
+                            metrics.prediction_lines(uris, eval_scores, eval_targets, labels))
     log(f"eval accuracy {result['accuracy']:.4f}, train accuracy {result['train_accuracy']:.4f}, "
         f"{step} steps, {result['wall_time_s']} s -> {export_path}")
     log(f"next: flowers deploy --model_dir {storage.join(output_path, 'model')} --model_base_path BASE_PATH")
