@@ -10,6 +10,14 @@ PHOTOS = (ROOT.parent / "shared" / "datasets" / "flower_photos").resolve()
 CLASSES = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
 
 
+def base_path_serving(models_dir, version_path, model="flowers"):
+    """MODELS_DIR/MODEL, a TF Serving base path whose version 1 links to VERSION_PATH; returns it."""
+    base = models_dir / model
+    base.mkdir(parents=True)
+    (base / "1").symlink_to(version_path, target_is_directory=True)
+    return base
+
+
 @pytest.fixture(scope="session")
 def photos():
     """The shared flower photos (read-only): {class: [sorted paths]}."""

@@ -14,6 +14,8 @@ from flowers.core import base_path
 from flowers.deploy import versions
 from flowers.predict import batch as batch_predict, cli as predict
 
+from conftest import base_path_serving
+
 MODEL = "flowers"
 
 
@@ -28,9 +30,7 @@ def decoy_saved_model(path):
 def two_versions(exported_model, tmp_path_factory):
     """BASE/1 the real model (stable), BASE/2 a decoy (canary), both served; models.config beside BASE."""
     folder = tmp_path_factory.mktemp("two_versions")
-    base = folder / "models" / MODEL
-    base.mkdir(parents=True)
-    (base / "1").symlink_to(exported_model["version_path"], target_is_directory=True)
+    base = base_path_serving(folder / "models", exported_model["version_path"], MODEL)
     decoy_saved_model(base / "2")
     args = testing.write_config_files(str(folder / "models"), MODEL, base, labels={"stable": 1, "canary": 2},
                                       policy="specific { versions: 1 versions: 2 }")

@@ -17,6 +17,8 @@ from flowers.core import model_config
 from flowers.predict import client
 from flowers.serving import batching, protos
 
+from conftest import base_path_serving
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL = "flowers"
 
@@ -35,9 +37,7 @@ def wait_for(condition, timeout_s=90, what="condition"):
 def live(exported_model, tmp_path_factory):
     """A server polling its base path and config every 0.5 s, batching with a 50 ms window."""
     folder = tmp_path_factory.mktemp("live")
-    base = folder / "models" / MODEL
-    base.mkdir(parents=True)
-    (base / "1").symlink_to(exported_model["version_path"], target_is_directory=True)
+    base = base_path_serving(folder / "models", exported_model["version_path"], MODEL)
     args = testing.write_config_files(
         str(folder), MODEL, base, labels={"stable": 1}, policy="latest { num_versions: 2 }",
         batching_text="max_batch_size { value: 8 }\nbatch_timeout_micros { value: 50000 }\n"

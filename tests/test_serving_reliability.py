@@ -20,6 +20,8 @@ from flowers import testing
 from flowers.core import model_config
 from flowers.serving import grpc_service
 
+from conftest import base_path_serving
+
 MODEL = "flowers"
 INSTANCES = 8
 REQUEST_PIXELS = 2_500_000
@@ -35,9 +37,7 @@ def tiny_png(size=(8, 8)):
 @pytest.fixture(scope="module")
 def server(exported_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("reliable")
-    base = folder / "models" / MODEL
-    base.mkdir(parents=True)
-    (base / "1").symlink_to(exported_model["version_path"], target_is_directory=True)
+    base = base_path_serving(folder / "models", exported_model["version_path"], MODEL)
     args = testing.write_config_files(str(folder), MODEL, base, policy="latest {}")
     log_path = str(folder / "serve.log")
     proc, rest_url, grpc_addr = testing.start_subprocess(
