@@ -59,7 +59,7 @@ class _Loading:
 
 
 class BackboneModelHandler(base.ModelHandler):
-    """Examples are float32 [S, S, 3] arrays from `flowers.core.images.load_image`;
+    """Examples are float32 [S, S, 3] tensors from `flowers.core.images.load_image_tensor`;
     predictions are PredictionResult(example, float32 [embedding_size])."""
 
     def __init__(self, backbone_name, min_batch_size=32, max_batch_size=32):
@@ -72,11 +72,13 @@ class BackboneModelHandler(base.ModelHandler):
         return _Loading(preload(self._backbone_name))
 
     def run_inference(self, batch, model, inference_args=None):
-        embeddings = model(np.stack(batch)).numpy()
+        import tensorflow as tf
+
+        embeddings = model(tf.stack(batch)).numpy()
         return [base.PredictionResult(x, e) for x, e in zip(batch, embeddings)]
 
     def get_num_bytes(self, batch):
-        return sum(x.nbytes for x in batch)  # the default pickles the whole batch
+        return sum(4 * int(np.prod(x.shape)) for x in batch)  # float32; the default pickles the whole batch
 
     def get_metrics_namespace(self):
         return "flowers_backbone"

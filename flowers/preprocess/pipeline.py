@@ -89,7 +89,7 @@ class ParseRow(beam.DoFn):
 
 
 class ReadImages(beam.DoFn):
-    """Item -> (Item, float32 [S, S, 3]) or a Reject. Decoding happens here, before
+    """Item -> (Item, float32 tensor [S, S, 3]) or a Reject. Decoding happens here, before
     RunInference, so one bad image is a counted reject instead of a failed batch.
 
     Images are decoded DECODE_AHEAD elements ahead on DECODE_THREADS threads: Beam runs this
@@ -120,7 +120,7 @@ class ReadImages(beam.DoFn):
     def _decode(self, item):  # in a pool thread: no Beam calls (metrics count in the bundle's thread)
         try:
             image_bytes, _ = images.read_image(item.uri, self._max_pixels)
-            return item, images.load_image(image_bytes, self._image_size, probed=True)
+            return item, images.load_image_tensor(image_bytes, self._image_size, probed=True)
         except Rejection as e:
             return item, e
 
