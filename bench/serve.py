@@ -10,8 +10,9 @@ and measures, in alternating rounds so that both sides share the machine's noise
               call of the loaded signature function, and of REST and gRPC round trips
               (client encode + server + decode), on the batching-off server;
   throughput  images/s: the in-process function on batches of --clients images (one call at a
-              time, and as many calls at once as the server has batch threads), against
-              --clients concurrent clients sending one image each to the batching server.
+              time, and one call per core at once: the faster is the limit, whatever the server's
+              batching config), against --clients concurrent clients sending one image each to
+              the batching server.
   hot load    REST latency of the first request to a version hot-loaded while the server runs
               (serve image's batching config), with and without --enable_model_warmup, against
               the steady-state p50 of the loaded version (--hot_loads new versions per mode).
@@ -290,19 +291,21 @@ def main(argv=None):
                         call(k)
                         latency[name].append(time.perf_counter() - t)
             threads = batching.Options.from_proto(protos.load_batching(args.batching_config)).num_batch_threads
-            one, many = f"in process, batch {args.clients}", f"in process, {threads} thr x {args.clients}"
+            # The limit does not depend on the server's config: one call at a time, or one per core.
+            cores = os.cpu_count() or 1
+            one, many = f"in process, batch {args.clients}", f"in process, {cores} thr x {args.clients}"
             throughput = {one: [], many: [], "REST": [], "gRPC": []}
             seconds = args.seconds / args.rounds
             cpu = {name: [] for name in throughput}  # (server, this process) CPU ms per image
             for _ in range(args.rounds):
                 for name, run in (
                         (one, lambda: batched_in_process(sides, args.clients, seconds)),
-                        (many, lambda: batched_in_process(sides, args.clients, seconds, threads)),
+                        (many, lambda: batched_in_process(sides, args.clients, seconds, cores)),
                         ("REST", lambda: asyncio.run(concurrent_rest(batched_rest, photos, args.clients, seconds))),
                         ("gRPC", lambda: asyncio.run(
                             concurrent_grpc(batched_grpc, batched_sides.requests, args.clients, seconds)))):
-                    if name == many and threads == 1:
-                        continue  # the server runs num_batch_threads batches at once
+                    if name == many and cores == 1:
+                        continue
                     server_cpu, own_cpu, start = proc_cpu_s(batched.pid), time.process_time(), time.perf_counter()
                     rate = run()
                     n = rate * (time.perf_counter() - start)

@@ -138,7 +138,8 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
         early,
         progress,
     ]
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0,
+                        shuffle=False)  # train_dataset shuffles; Keras would only warn that it cannot
     epochs_run = len(history.history.get("val_accuracy", []))
     if storage.exists(best_path):
         model.load_weights(best_path)
