@@ -15,7 +15,7 @@ import tensorflow as tf
 from flowers import testing
 from flowers.core import model_config
 from flowers.predict import client
-from flowers.serving import batching, protos
+from flowers.serving import batching, grpc_service, protos
 
 from conftest import base_path_serving
 
@@ -219,3 +219,19 @@ def test_a_version_that_fails_to_load_is_reported_and_the_others_still_served(ex
     assert status[2].state == models.State.END and "Failed to load" in status[2].status.error_message
     assert manager.resolve(MODEL).version == 1
     assert manager.model_names() == {MODEL}
+
+
+@pytest.mark.parametrize("arr", [
+    np.array([b"1", b"abc"], object), np.array([3, 1], np.int64), np.arange(10, dtype=np.float32).reshape(2, 5) / 3,
+    np.array([0.1, 2.5], np.float64), np.array([[1, 2]], np.int32), np.zeros((0, 5), np.float32),
+    np.array(b"x", object), np.array(["text"], object), np.array([True]), np.array([1.5], np.float16)],
+    ids=lambda a: f"{a.dtype}{list(a.shape)}")
+def test_grpc_outputs_are_the_tensor_protos_tf_builds(arr):
+    """The fast path for float/int/bytes outputs and tf.make_tensor_proto (values moved to the
+    typed field) give the same message, so clients read the same float_val/string_val."""
+    expected = tf.make_tensor_proto(arr)
+    field = grpc_service._TYPED_FIELDS[tf.dtypes.as_dtype(expected.dtype)]
+    if expected.tensor_content and field != "half_val":
+        expected.tensor_content = b""
+        getattr(expected, field).extend(arr.ravel().tolist())
+    assert grpc_service.tensor_proto(arr) == expected
