@@ -180,7 +180,7 @@ def test_the_serve_images_config_files_parse_with_tf_servings_protos():
     flowers = model_config.find(cfg, "flowers")
     assert flowers.base_path == "/models/flowers" and dict(flowers.version_labels) == {"stable": 1}
     options = batching.Options.from_proto(protos.load_batching(str(folder / "batching.config")))
-    assert options.max_batch_size == 16 and options.num_batch_threads == 1
+    assert options.max_batch_size == 8 and options.num_batch_threads == 2
     prometheus = protos.load_monitoring(str(folder / "monitoring.config")).prometheus_config
     assert prometheus.enable and prometheus.path == "/monitoring/prometheus/metrics"
     dockerfile = (folder / "Dockerfile").read_text()

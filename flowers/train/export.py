@@ -21,7 +21,7 @@ from flowers.serving import inference, warmup
 CLASSIFY_SIGNATURE, IMAGE_FEATURE = defaults.CLASSIFY_SIGNATURE, defaults.IMAGE_FEATURE
 # Batch sizes warmed up at load: powers of two up to containers/serve/batching.config's max_batch_size
 # (a test checks any allowed_batch_sizes there are among them).
-WARMUP_BATCH_SIZES = (1, 2, 4, 8, 16)
+WARMUP_BATCH_SIZES = (1, 2, 4, 8)
 WARMUP_IMAGE_SIZE = (240, 320)  # a typical photo's height, width
 
 
