@@ -14,7 +14,7 @@ import concurrent.futures
 import logging
 import threading
 
-import numpy as np
+import tensorflow as tf
 from apache_beam.ml.inference import base
 
 _LOGGER = logging.getLogger(__name__)
@@ -23,9 +23,7 @@ _loads_lock = threading.Lock()
 
 
 def _load(backbone_name):
-    import tensorflow as tf
-
-    from flowers.core import backbones
+    from flowers.core import backbones  # Keras: imported on the loading thread
 
     model = backbones.load(backbone_name)
     size = backbones.get(backbone_name).image_size
@@ -72,13 +70,11 @@ class BackboneModelHandler(base.ModelHandler):
         return _Loading(preload(self._backbone_name))
 
     def run_inference(self, batch, model, inference_args=None):
-        import tensorflow as tf
-
         embeddings = model(tf.stack(batch)).numpy()
         return [base.PredictionResult(x, e) for x, e in zip(batch, embeddings)]
 
     def get_num_bytes(self, batch):
-        return sum(4 * int(np.prod(x.shape)) for x in batch)  # float32; the default pickles the whole batch
+        return sum(x.dtype.size * x.shape.num_elements() for x in batch)  # the default pickles the whole batch
 
     def get_metrics_namespace(self):
         return "flowers_backbone"

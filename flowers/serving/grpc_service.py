@@ -65,25 +65,22 @@ def tensor_proto(arr):
     return proto
 
 
+# The every-request outputs (float scores, int predictions, bytes keys) go straight into their
+# typed field: tf.make_tensor_proto took 0.12 ms for the three.
+_DIRECT_DTYPES = {np.dtype(t): tf.as_dtype(t) for t in (np.float32, np.float64, np.int32, np.int64)}
+
+
 def _typed_directly(arr):
-    """The every-request outputs (float32 scores, int64 predictions, bytes keys) filled straight
-    into their typed field: tf.make_tensor_proto took 0.12 ms for the three. None: another dtype."""
+    """TensorProto of a float, int or bytes array, built without tf.make_tensor_proto; None otherwise."""
     if arr.dtype == object:
-        values = arr.ravel().tolist()
-        if not all(isinstance(v, bytes) for v in values):
-            return None
-        dtype = tf.string
+        dtype = tf.string if all(isinstance(v, bytes) for v in arr.flat) else None
     else:
-        try:
-            dtype = tf.dtypes.as_dtype(arr.dtype)
-        except TypeError:
-            return None
-        if dtype not in (tf.float32, tf.float64, tf.int32, tf.int64):
-            return None
-        values = arr.ravel().tolist()
+        dtype = _DIRECT_DTYPES.get(arr.dtype)
+    if dtype is None:
+        return None
     proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
     proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in arr.shape)
-    getattr(proto, _TYPED_FIELDS[dtype]).extend(values)
+    getattr(proto, _TYPED_FIELDS[dtype]).extend(arr.ravel().tolist())
     return proto
 
 
