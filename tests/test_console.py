@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import urllib.request
 
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
 from flowers import testing
 from flowers.core import defaults
@@ -100,6 +102,7 @@ def page(browser, stack, tmp_path):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(60_000)
+    expect.set_options(timeout=60_000)  # assertions on what the page fills in asynchronously
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     yield page
@@ -172,12 +175,11 @@ def test_try_it_labels_a_real_photo_and_shows_the_canary_beside_it(page, stack, 
     other = next(right_photo(stack, c) for c in {r["predicted"] for r in stack["rows"]} - {label}
                  if any(r["predicted"] == c and c in r["labels"] for r in stack["rows"]))
     page.goto(stack["console"] + "/#try")
-    assert page.locator("#target").input_value() == "label:stable"
+    expect(page.locator("#target")).to_have_value("label:stable")  # filled in once /api/models answers
     page.set_input_files("#photos", [photo, other[0]])
-    assert page.get_by_test_id("top-label").inner_text() == label
+    expect(page.get_by_test_id("top-label")).to_have_text(label)
     assert page.get_by_test_id("top-label").count() == 1
-    headings = page.locator(".result").first.locator("h3").all_inner_texts()
-    assert headings == ["stable (version 1)", "canary (version 2)"]
+    expect(page.locator(".result").first.locator("h3")).to_have_text(["stable (version 1)", "canary (version 2)"])
     assert page.locator(".result").count() == 2 and page.locator(".result .bar").count() == 20  # top 5 per column
     assert page.locator(".result").nth(1).locator(".bar .label").first.inner_text() == other[1]
     page.screenshot(path=str(tmp_path / "try.png"), full_page=True)
@@ -187,28 +189,28 @@ def test_bad_uploads_show_a_clear_message_and_the_page_stays_usable(page, stack,
     page.goto(stack["console"] + "/#try")
     page.set_input_files("#photos", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
     error = page.locator(".result .error").first
-    assert "notes.txt" in error.inner_text() and "not an image" in error.inner_text()
+    expect(error).to_contain_text("notes.txt")
+    expect(error).to_contain_text("not an image")
     big = b"\xff\xd8\xff" + bytes(11 << 20)
     page.set_input_files("#photos", files=[{"name": "huge.jpg", "mimeType": "image/jpeg", "buffer": big}])
-    assert "too large" in page.locator(".result .error").first.inner_text()
+    expect(page.locator(".result .error").first).to_contain_text("too large")
     page.screenshot(path=str(tmp_path / "bad.png"), full_page=True)
     photo, label = right_photo(stack)
     page.set_input_files("#photos", photo)
-    assert page.get_by_test_id("top-label").inner_text() == label
+    expect(page.get_by_test_id("top-label")).to_have_text(label)
 
 
 def test_switching_to_the_canary_predicts_with_it(page, stack, tmp_path):
     photo, label = right_photo(stack)
     page.goto(stack["console"] + "/#try")
     page.select_option("#target", "label:canary")
-    assert page.locator("#canary-box").is_hidden()
+    expect(page.locator("#canary-box")).to_be_hidden()
     page.set_input_files("#photos", photo)
-    assert page.get_by_test_id("top-label").inner_text() == label
-    assert page.locator(".result h3").all_inner_texts() == ["canary (version 2)"]
+    expect(page.get_by_test_id("top-label")).to_have_text(label)
+    expect(page.locator(".result h3")).to_have_text(["canary (version 2)"])
     page.select_option("#target", "version:1")
     page.set_input_files("#photos", photo)
-    page.locator(".result h3").first.wait_for()
-    assert page.locator(".result h3").all_inner_texts()[0] == "version 1"
+    expect(page.locator(".result h3").first).to_have_text("version 1")  # the canary's column beside it
 
 
 def test_evaluate_confusion_matrix_gallery_and_threshold(page, stack, tmp_path):
@@ -234,8 +236,8 @@ def test_evaluate_confusion_matrix_gallery_and_threshold(page, stack, tmp_path):
     before = page.locator("#per-class .recall").all_inner_texts()
     assert before == [f"{expected['per_class'][l]['recall']:.3f}" for l in labels]
     page.locator("#threshold").fill("1")
-    assert page.locator("#per-class .recall").all_inner_texts() == ["0.000"] * len(labels)
-    assert page.locator("#eval-kept").inner_text().startswith("0 of")
+    expect(page.locator("#per-class .recall")).to_have_text(["0.000"] * len(labels))
+    expect(page.locator("#eval-kept")).to_have_text(re.compile(r"^0 of"))
     # The canary's evaluation is there too.
     page.select_option("#eval-version", "2")
     page.wait_for_function("() => document.querySelector('#eval-summary').textContent.startsWith('Version 2')")

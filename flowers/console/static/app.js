@@ -2,6 +2,7 @@
 // The console's three pages over /api/* (flowers/console/app.py). Plain DOM, no build step.
 const $ = (selector) => document.querySelector(selector);
 let state = null;      // /api/models
+let stateLoading = null;  // the /api/models request under way: an upload waits for it (or picks no target)
 let evalData = null;   // /api/eval/<version>
 let selectedCell = null;
 
@@ -52,6 +53,7 @@ function targetText(id) {
 // --- Try it ----------------------------------------------------------------------------
 
 async function upload(files) {
+  await stateLoading?.catch(() => {});
   clearMessage();
   const results = $("#results");
   results.replaceChildren(el("p", { text: `Classifying ${files.length} photo(s)…` }));
@@ -239,7 +241,8 @@ async function route() {
   for (const link of document.querySelectorAll("nav a")) link.classList.toggle("active", link.dataset.page === page);
   clearMessage();
   try {
-    await loadState();
+    stateLoading = loadState();
+    await stateLoading;
     if (page === "evaluate") await loadEval();
     if (page === "versions") renderVersions();
   } catch (e) {
