@@ -167,15 +167,15 @@ def main():
                 folded_after = limits[name].model_only("folded", [folded_best])[0][folded_best]
                 print(f"round {r} {name}: model-only before / after the pipeline {rates[best]:.1f} / {after:.1f}, "
                       f"folded {folded_rates[folded_best]:.1f} / {folded_after:.1f} images/s", flush=True)
-                rates[best] = (rates[best] + after) / 2
-                folded_rates[folded_best] = (folded_rates[folded_best] + folded_after) / 2
-                row = {"model": rates[best], "batch": best, "folded": folded_rates[folded_best], "decode": decode,
+                row = {"model": (rates[best] + after) / 2, "batch": best,
+                       "folded": (folded_rates[folded_best] + folded_after) / 2, "decode": decode,
                        "in_run": n / in_run_s, "whole": n / wall_s, "model_cpu": cpu[best],
                        "folded_cpu": folded_cpu[folded_best], "decode_cpu": decode_cpu, "cpu": cpu_s / n}
                 rows[name].append(row)
                 print(f"round {r} {name}: model-only {row['model']:.1f} images/s (batch {best}; "
                       + ", ".join(f"{b}: {v:.1f}" for b, v in rates.items())
-                      + f"), folded {row['folded']:.1f} (batch {folded_best}) | decode-only {decode:.1f} | pipeline "
+                      + f" before the pipeline), folded {row['folded']:.1f} (batch {folded_best}) | decode-only "
+                      f"{decode:.1f} | pipeline "
                       f"inside the run {row['in_run']:.1f}, whole process {row['whole']:.1f} ({wall_s:.1f} s) | ratios "
                       f"{row['in_run'] / row['model']:.2f} / {row['whole'] / row['model']:.2f} (folded "
                       f"{row['in_run'] / row['folded']:.2f} / {row['whole'] / row['folded']:.2f}) | CPU ms per image: "

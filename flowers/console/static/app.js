@@ -2,7 +2,7 @@
 // The console's three pages over /api/* (flowers/console/app.py). Plain DOM, no build step.
 const $ = (selector) => document.querySelector(selector);
 let state = null;      // /api/models
-let stateLoading = null;  // the /api/models request under way: an upload waits for it (or picks no target)
+let stateLoading = null;  // the latest /api/models request: an upload waits for it, else it has no target yet
 let evalData = null;   // /api/eval/<version>
 let selectedCell = null;
 
