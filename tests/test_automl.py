@@ -148,6 +148,83 @@ def test_fine_tuning_sees_the_served_pixels(photos):
     assert 0 <= float(np.min(train)) and float(np.max(train)) <= 255
 
 
+@pytest.mark.parametrize("seconds_left", [3600, 0.01])
+def test_the_learning_rate_decays_to_zero_by_the_last_step_or_the_deadline(seconds_left):
+    import keras
+
+    from flowers.automl import finetune
+
+    class Record(keras.callbacks.Callback):
+        rates = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.rates.append(float(self.model.optimizer.learning_rate))
+
+    steps, peak = 20, 1e-3
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.AdamW(0.0), loss="mse")
+    schedule = finetune.BudgetSchedule(peak, steps, time.time() + seconds_left)
+    model.fit(np.zeros((steps, 2)), np.zeros((steps, 1)), batch_size=1, epochs=1, verbose=0,
+              callbacks=[schedule, Record()])
+    if seconds_left > 60:  # by steps: warm-up, then cosine decay
+        expected = [finetune.rate_at(peak, i / steps) for i in range(steps)]
+        assert Record.rates[0] < 0.01 * peak  # the time spent tips the first batch off 0
+        np.testing.assert_allclose(Record.rates[1:], expected[1:], rtol=1e-5)
+        assert max(Record.rates) == pytest.approx(peak, rel=0.05) and Record.rates[-1] < 0.01 * peak
+    else:  # the deadline has passed: the run is over as far as the rate is concerned
+        assert max(Record.rates[1:]) == 0.0
+
+
+def test_an_ensemble_serves_its_members_mean_scores(photos, tmp_path):
+    """Each member gets THE image function's pixels at its own size; the signature returns the mean."""
+    import keras
+    import tensorflow as tf
+
+    from flowers.core import backbones
+    from flowers.train import export, head as head_lib
+
+    members = []
+    for seed, name in enumerate(("efficientnet_lite0", "efficientnet_lite1")):  # 224 and 240 px
+        keras.utils.set_random_seed(seed)
+        members.append((name, backbones.load(name), head_lib.build_head(backbones.get(name).embedding_size, len(CLASSES))))
+    path = export.export_members(members, list(CLASSES), str(tmp_path / "model"))
+
+    paths = [photos[c][0] for c in CLASSES]
+    raw = [open(p, "rb").read() for p in paths]
+    each = [head(model(np.stack([images.load_image(b, backbones.get(name).image_size) for b in raw]),
+                       training=False), training=False).numpy() for name, model, head in members]
+    assert not np.allclose(each[0], each[1], atol=1e-3)  # the mean below tells the members apart
+    out = tf.saved_model.load(path).signatures["serving_default"](key=tf.constant(paths), image_bytes=tf.constant(raw))
+    np.testing.assert_allclose(out["scores"].numpy(), np.mean(each, axis=0), atol=1e-5)
+    assert out["prediction"].numpy().tolist() == np.mean(each, axis=0).argmax(1).tolist()
+
+
+def test_the_ensemble_is_chosen_only_when_it_validates_at_least_as_well():
+    from flowers.automl import run as automl_run
+
+    targets = np.eye(2, dtype=np.float32)[[0, 0, 1, 1]]
+    data = {"val": (["a", "b", "c", "d"], None, targets), "eval": (["e"], None, targets[:1])}
+
+    def candidate(name, val_scores, val_accuracy):
+        return ({"kind": "fine-tuned", "members": [(name, None, None)], "val_accuracy": val_accuracy,
+                 "val_scores": np.array(val_scores), "params": {"backbone": name}, "data": data,
+                 "train_accuracy": 0.9, "train_loss": 0.3, "steps": 10}, np.array([[0.6, 0.4]]))
+
+    # Each member is wrong on a different row, with less confidence than the other is right.
+    a = candidate("a", [[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.2, 0.8]], 0.75)
+    b = candidate("b", [[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.1, 0.9]], 0.75)
+    summary = {"did": []}
+    chosen = automl_run._ensemble([a, b], a[0], summary)
+    assert chosen["kind"] == "ensemble" and [m[0] for m in chosen["members"]] == ["a", "b"]
+    assert summary["ensemble"] == {"members": ["a", "b"], "val_accuracy": 1.0, "eval_accuracy": 1.0}
+    assert chosen["steps"] == 20
+    # A candidate validated better than the ensemble stays chosen; a tie goes to the ensemble.
+    worse = candidate("b", [[0.05, 0.95], [0.9, 0.1], [0.6, 0.4], [0.1, 0.9]], 0.75)  # mean: wrong on row 0
+    better = dict(a[0], val_accuracy=0.8)
+    assert automl_run._ensemble([a, worse], better, {"did": []}) is better
+    assert automl_run._ensemble([a, b], dict(a[0], val_accuracy=1.0), {"did": []})["kind"] == "ensemble"
+
+
 def test_katib_trial_prints_the_metrics_katib_collects(run):
     emb = run["out"] / "embeddings" / BACKBONE
     proc = subprocess.run(

@@ -1,5 +1,5 @@
 """Fine-tune the search's winner end to end on images: backbone + head, augmented, with a cosine
-learning-rate schedule (after a warm-up), early stopping, checkpoints and resume, on every GPU
+learning-rate schedule (after a warm-up) that ends by the budget's deadline, early stopping, checkpoints and resume, on every GPU
 (MirroredStrategy) or the CPU, with a progress line and an ETA.
 
 Pixels come from THE image function (flowers.core.images.decode_and_resize): validation images
@@ -8,9 +8,11 @@ then randomly cropped back, flipped and colour-jittered. Batch norm keeps its Im
 statistics (the backbone runs in inference mode, its weights still learn), as keras.io's
 fine-tuning guide recommends for small datasets and batches.
 """
+import math
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from flowers.automl import search
@@ -21,7 +23,7 @@ from flowers.train import head as head_lib, trainer
 EPOCHS = 12
 BATCH_SIZE = 32
 LEARNING_RATE = 1e-4  # peak, reached after the warm-up, then cosine decay to 0
-WARMUP = 0.1  # of all steps
+WARMUP = 0.1  # of the run's progress (steps or time, whichever is further along)
 PATIENCE = 3  # epochs without a better validation accuracy before stopping
 CROP_SCALE = 1.15
 BRIGHTNESS, CONTRAST, SATURATION = 0.1, 0.2, 0.2  # colour jitter, on [0, 1] pixels
@@ -62,6 +64,37 @@ def eval_dataset(uris, targets, size, batch_size):
              .cache().batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def predict(backbone, head, uris, size, batch_size=BATCH_SIZE):
+    """A fine-tuned model's scores [N, C] on THE image function's pixels of `uris`."""
+    ds = eval_dataset(uris, np.zeros(len(uris), np.float32), size, batch_size).map(lambda x, y: x)
+    return keras.Sequential([backbone, head]).predict(ds, verbose=0)
+
+
+def rate_at(peak, progress):
+    """Linear warm-up over the first WARMUP of the run, then cosine decay to 0 at its end."""
+    if progress < WARMUP:
+        return peak * progress / WARMUP
+    return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, (progress - WARMUP) / (1 - WARMUP))))
+
+
+class BudgetSchedule(keras.callbacks.Callback):
+    """The learning rate of every batch from the run's progress: the larger of the steps done and the
+    time spent, as fractions of all steps and of the time to the deadline. A run the budget cuts short
+    still decays to 0 by its deadline, instead of stopping at a high rate before its best epochs."""
+
+    def __init__(self, peak, total_steps, deadline):
+        super().__init__()
+        self.peak, self.total_steps, self.deadline = peak, total_steps, deadline
+
+    def on_train_begin(self, logs=None):
+        self.started = time.time()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        by_steps = int(self.model.optimizer.iterations) / self.total_steps
+        by_time = (time.time() - self.started) / max(self.deadline - self.started, 1e-9)
+        self.model.optimizer.learning_rate = rate_at(self.peak, max(by_steps, by_time))
+
+
 class Progress(keras.callbacks.Callback):
     """One line every `every` batches and per epoch, with the ETA of the whole run; stops at the deadline."""
 
@@ -92,7 +125,7 @@ class Progress(keras.callbacks.Callback):
         return f"ETA {left / 60:.1f} min (budget left {(self.deadline - time.time()) / 60:.1f} min)"
 
 
-def build(backbone_name, head_params, head_weights, n_labels, fine_tune_lr, decay_steps, warmup_steps):
+def build(backbone_name, head_params, head_weights, n_labels):
     """Backbone (trainable, inference-mode BN) -> head initialised from the search's head."""
     spec = backbones.get(backbone_name)
     backbone = backbones.load(backbone_name)
@@ -100,9 +133,8 @@ def build(backbone_name, head_params, head_weights, n_labels, fine_tune_lr, deca
     head.set_weights(head_weights)
     inputs = keras.Input((spec.image_size, spec.image_size, 3), name="image")
     model = keras.Model(inputs, head(backbone(inputs, training=False)), name="fine_tuned")
-    schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps, warmup_target=fine_tune_lr,
-                                                      warmup_steps=warmup_steps)
-    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=head_params["weight_decay"]),
+    # The rate is set every batch by BudgetSchedule.
+    model.compile(optimizer=keras.optimizers.AdamW(0.0, weight_decay=head_params["weight_decay"]),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=head_params["label_smoothing"]),
                   metrics=["accuracy"])
     return model, backbone, head
@@ -112,7 +144,7 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
               learning_rate=LEARNING_RATE, log=print, strategy=None):
     """Fine-tune on data["fit"], validate on data["val"]; resumes from WORKDIR after a kill.
 
-    Returns {"backbone", "head", "val_accuracy", "epochs", "stopped"} with plain (non-distributed)
+    Returns {"backbone", "head", "val_accuracy", "val_scores", "epochs", "stopped"} with plain (non-distributed)
     models holding the best validated weights, or None when no epoch could be afforded."""
     if deadline - time.time() < MIN_SECONDS:
         log("fine-tune: skipped, not enough budget left")
@@ -124,8 +156,7 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
     global_batch = batch_size * strategy.num_replicas_in_sync
     n_labels = len(data["labels"])
     with strategy.scope():
-        model, tuned_backbone, tuned_head = build(data["backbone"], head_params, head_weights, n_labels, learning_rate,
-                                                  decay_steps=epochs * steps, warmup_steps=int(WARMUP * epochs * steps))
+        model, tuned_backbone, tuned_head = build(data["backbone"], head_params, head_weights, n_labels)
     train_ds = train_dataset(fit_uris, fit_y, spec.image_size, global_batch)
     val_ds = eval_dataset(data["val"][0], data["val"][2], spec.image_size, global_batch)
     best_path = storage.join(workdir, "best.weights.h5")
@@ -136,6 +167,7 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
         keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True,
                                         save_weights_only=True),
         early,
+        BudgetSchedule(learning_rate, epochs * steps, deadline),
         progress,
     ]
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0,
@@ -144,12 +176,12 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
     if storage.exists(best_path):
         model.load_weights(best_path)
     # A plain copy (outside any strategy) for export, as flowers.train does.
-    _, backbone, head = build(data["backbone"], head_params, head_weights, n_labels, learning_rate, 1, 0)
+    _, backbone, head = build(data["backbone"], head_params, head_weights, n_labels)
     for dst, src in zip((backbone, head), (tuned_backbone, tuned_head)):
         dst.set_weights(src.get_weights())
-    scores = keras.Sequential([backbone, head]).predict(val_ds.map(lambda x, y: x), verbose=0)
+    scores = predict(backbone, head, data["val"][0], spec.image_size, global_batch)
     val_accuracy = search.accuracy(scores, data["val"][2])
     stopped = "budget" if progress.stopped_by_deadline else ("early stopping" if early.stopped_epoch else "epochs")
     log(f"fine-tune: {epochs_run} epoch(s), stopped by {stopped}, val accuracy {val_accuracy:.4f}")
-    return {"backbone": backbone, "head": head, "val_accuracy": val_accuracy, "epochs": epochs_run,
+    return {"backbone": backbone, "head": head, "val_accuracy": val_accuracy, "val_scores": scores, "epochs": epochs_run,
             "stopped": stopped, "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}

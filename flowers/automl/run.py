@@ -3,7 +3,7 @@
     import (stratified split) -> preprocess once per backbone (cached in OUT/embeddings/)
     -> search the head on the embeddings (Optuna, OUT/study.sqlite3, OUT/trials.csv)
     -> fine-tune each backbone's best candidate end to end on images, cheapest first (OUT/finetune/<backbone>/)
-    -> export the better of the two (by validation accuracy) to OUT/model/<version>/,
+    -> export the best of the frozen, fine-tuned and ensembled candidates (by validation accuracy) to OUT/model/<version>/,
        scored through its own serving signature: OUT/metrics.json, OUT/eval_predictions.jsonl
 
 It keeps to --budget_minutes: the search gets at most SEARCH_SHARE of it, fine-tuning what is
@@ -58,7 +58,7 @@ def preprocess(data, output, backbone, log):
 
 
 def run(data_dir, output, budget_minutes=BUDGET_MINUTES, trials=TRIALS, backbone_names=DEFAULT_BACKBONES,
-        fine_tune=True, resume=False, eval_fraction=0.1, seed=0, fine_tune_epochs=None, log=_log):
+        fine_tune=True, resume=False, eval_fraction=0.1, seed=0, fine_tune_epochs=None, ensemble=True, log=_log):
     """The whole AutoML run; returns the summary (also in OUT/summary.json)."""
     from flowers.automl import search
 
@@ -95,7 +95,7 @@ def run(data_dir, output, budget_minutes=BUDGET_MINUTES, trials=TRIALS, backbone
     per_backbone = search.best_per_backbone(study)
     tune = [(_with_epochs(per_backbone[name]), datasets[name])
             for name in sorted(per_backbone, key=lambda n: backbones.get(n).image_size)]
-    finish(params, datasets[params["backbone"]], output, end, fine_tune, fine_tune_epochs, summary, log, tune)
+    finish(params, datasets[params["backbone"]], output, end, fine_tune, fine_tune_epochs, summary, log, tune, ensemble)
     summary["wall_time_s"] = round(time.time() - started, 1)
     storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
     log(f"winner: {summary['winner']['kind']} {summary['winner']['backbone']}, eval accuracy {summary['eval_accuracy']:.4f} "
@@ -109,14 +109,16 @@ def _with_epochs(trial):
     return dict(trial.params, best_epoch=trial.user_attrs.get("best_epoch", space.EPOCHS))
 
 
-def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, summary=None, log=_log, tune=None):
+def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, summary=None, log=_log, tune=None,
+           ensemble=True):
     """From the search's best parameters to OUT/model/<version>/ and its evaluation files.
 
     The frozen-feature candidate is the best trial's head retrained for its best number of epochs.
     tune: [(params, data)] to fine-tune in that order, each in an equal share of the time left
     (default: the best trial's own); a fine-tuned candidate replaces the chosen one only with a
-    validation accuracy at least as good. Also the AutoML pipeline's fine-tune step
-    (flowers.pipeline.automl)."""
+    validation accuracy at least as good, and so does the ensemble of the fine-tuned models (their
+    mean scores) when ensemble is on. Eval accuracies are reported, never used to choose.
+    Also the AutoML pipeline's fine-tune step (flowers.pipeline.automl)."""
     from flowers.automl import finetune, search, winner
     from flowers.train import metrics
 
@@ -130,7 +132,7 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
     frozen_val = history[-1]
     frozen_eval = search.accuracy(head.predict(data["eval"][1], verbose=0), data["eval"][2])
     train_figures = metrics.summarize(head.predict(data["fit"][1], verbose=0), data["fit"][2], data["labels"])
-    chosen = {"kind": "frozen", "backbone": None, "head": head, "val_accuracy": frozen_val,
+    chosen = {"kind": "frozen", "members": [(params["backbone"], None, head)], "val_accuracy": frozen_val,
               "train_accuracy": train_figures["accuracy"], "train_loss": train_figures["loss"],
               "steps": len(history) * -(-len(data["fit"][0]) // params["batch_size"]), "params": params,
               "data": data}
@@ -141,7 +143,7 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
         t0 = time.time()
         kwargs = {"epochs": fine_tune_epochs} if fine_tune_epochs else {}
         tune = tune or [(params, data)]
-        summary["fine_tune"] = {}
+        summary["fine_tune"], tuned_all = {}, []
         for i, (tune_params, tune_data) in enumerate(tune):
             name = tune_params["backbone"]
             share_end = time.time() + (end - time.time()) / (len(tune) - i)  # the time left, shared
@@ -153,33 +155,66 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
             if tuned is None:
                 summary["did"].append(f"fine-tune {name}: skipped, the budget was spent")
                 continue
-            summary["fine_tune"][name] = {"val_accuracy": tuned["val_accuracy"], "epochs": tuned["epochs"],
-                                          "stopped_by": tuned["stopped"], "history": tuned["history"]}
+            hist = tuned["history"]
+            candidate = {"kind": "fine-tuned", "members": [(name, tuned["backbone"], tuned["head"])],
+                         "val_accuracy": tuned["val_accuracy"], "val_scores": tuned["val_scores"],
+                         # as Keras saw them: augmented batches, dropout on
+                         "train_accuracy": (hist.get("accuracy") or [float("nan")])[-1],
+                         "train_loss": (hist.get("loss") or [float("nan")])[-1],
+                         "steps": tuned["epochs"] * -(-len(tune_data["fit"][0]) // finetune.BATCH_SIZE),
+                         "params": tune_params, "data": tune_data}
+            eval_scores = finetune.predict(tuned["backbone"], tuned["head"], tune_data["eval"][0],
+                                           backbones.get(name).image_size)
+            summary["fine_tune"][name] = {"val_accuracy": tuned["val_accuracy"],
+                                          "eval_accuracy": search.accuracy(eval_scores, tune_data["eval"][2]),
+                                          "epochs": tuned["epochs"], "stopped_by": tuned["stopped"], "history": hist}
             summary["did"].append(f"fine-tune {name}: {tuned['epochs']} epoch(s), stopped by {tuned['stopped']}")
-            if tuned["val_accuracy"] >= chosen["val_accuracy"]:
-                hist = tuned["history"]
-                chosen = {"kind": "fine-tuned", "backbone": tuned["backbone"], "head": tuned["head"],
-                          "val_accuracy": tuned["val_accuracy"],
-                          # as Keras saw them: augmented batches, dropout on
-                          "train_accuracy": (hist.get("accuracy") or [float("nan")])[-1],
-                          "train_loss": (hist.get("loss") or [float("nan")])[-1],
-                          "steps": tuned["epochs"] * -(-len(tune_data["fit"][0]) // finetune.BATCH_SIZE),
-                          "params": tune_params, "data": tune_data}
+            tuned_all.append((candidate, eval_scores))
+            if candidate["val_accuracy"] >= chosen["val_accuracy"]:
+                chosen = candidate
+        if ensemble and len(tuned_all) > 1:
+            chosen = _ensemble(tuned_all, chosen, summary)
         phase("fine_tune", t0)
     else:
         summary["did"].append("fine-tune: off (--no-fine_tune)")
 
     t0 = time.time()
     params, data = chosen["params"], chosen["data"]
-    summary["winner"] = {"kind": chosen["kind"], "backbone": params["backbone"], "params": params,
+    names = " + ".join(name for name, *_ in chosen["members"])
+    summary["winner"] = {"kind": chosen["kind"], "backbone": names, "params": params,
                          "val_accuracy": chosen["val_accuracy"]}
-    backbone_model = chosen["backbone"] or backbones.load(params["backbone"])
+    members = [(name, model or backbones.load(name), head) for name, model, head in chosen["members"]]
     extra = {"train_accuracy": chosen["train_accuracy"], "train_loss": chosen["train_loss"],
              "steps": chosen["steps"], "automl": summary}
-    path, result = winner.export_and_evaluate(backbone_model, chosen["head"], data, output, extra)
+    path, result = winner.export_and_evaluate(members, data, output, extra)
     phase("export_and_evaluate", t0)
     summary.update({"export_path": path, "eval_accuracy": result["accuracy"]})
     return summary
+
+
+def _ensemble(tuned, chosen, summary):
+    """The fine-tuned models' mean scores as one candidate; it replaces `chosen` when validated at least as well."""
+    import numpy as np
+
+    from flowers.automl import search
+
+    candidates = [c for c, _ in tuned]
+    val_uris = candidates[0]["data"]["val"][0]
+    if any(c["data"]["val"][0] != val_uris for c in candidates):
+        raise ValueError("the backbones' validation slices differ: their embeddings come from different splits")
+    targets = candidates[0]["data"]["val"][2]
+    val_accuracy = search.accuracy(np.mean([c["val_scores"] for c in candidates], axis=0), targets)
+    eval_accuracy = search.accuracy(np.mean([s for _, s in tuned], axis=0), candidates[0]["data"]["eval"][2])
+    names = [name for c in candidates for name, *_ in c["members"]]
+    summary["ensemble"] = {"members": names, "val_accuracy": val_accuracy, "eval_accuracy": eval_accuracy}
+    summary["did"].append(f"ensemble of {' + '.join(names)}: val accuracy {val_accuracy:.4f}")
+    if val_accuracy < chosen["val_accuracy"]:
+        return chosen
+    return {"kind": "ensemble", "members": [m for c in candidates for m in c["members"]],
+            "val_accuracy": val_accuracy, "params": [c["params"] for c in candidates], "data": candidates[0]["data"],
+            "train_accuracy": float(np.mean([c["train_accuracy"] for c in candidates])),
+            "train_loss": float(np.mean([c["train_loss"] for c in candidates])),
+            "steps": sum(c["steps"] for c in candidates)}
 
 
 def main(argv=None):
@@ -192,6 +227,8 @@ def main(argv=None):
                         choices=[b for b in backbones.BACKBONES if b.startswith("efficientnet_lite")])
     parser.add_argument("--fine_tune", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--fine_tune_epochs", type=int, help="at most this many epochs (default: finetune.EPOCHS)")
+    parser.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=True,
+                        help="also try the fine-tuned backbones' mean scores as one model (serves every backbone)")
     parser.add_argument("--resume", action="store_true", help="continue the run in OUTPUT")
     parser.add_argument("--eval_fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
@@ -200,7 +237,7 @@ def main(argv=None):
 
     try:
         run(args.data_dir, args.output, args.budget_minutes, args.trials, args.backbones, args.fine_tune,
-            args.resume, args.eval_fraction, args.seed, args.fine_tune_epochs)
+            args.resume, args.eval_fraction, args.seed, args.fine_tune_epochs, args.ensemble)
     except (SearchError, ValueError) as e:
         print(f"flowers automl: error: {e}", file=sys.stderr)
         return 1

@@ -21,17 +21,17 @@ def score_export(export_path, uris):
     return np.concatenate(scores) if scores else np.zeros((0, 0), np.float32)
 
 
-def export_and_evaluate(backbone_model, head, data, output, extra):
+def export_and_evaluate(members, data, output, extra):
     """OUT/model/<version>/ + OUT/metrics.json, eval_predictions.jsonl, report.html (copied to assets.extra/).
 
+    members: [(backbone_name, backbone_model, head)], several for an ensemble.
     extra: more metrics.json keys (train_accuracy, train_loss, steps, the run's summary)."""
     labels = data["labels"]
-    path = export.export(head, data["backbone"], labels, storage.join(output, "model"),
-                         backbone_model=backbone_model)
+    path = export.export_members(members, labels, storage.join(output, "model"))
     uris, _, targets = data["eval"]
     scores = score_export(path, uris)
     figures = metrics.summarize(scores, targets, labels)
-    result = {**figures, "backbone": data["backbone"], "labels": labels, "n_eval": len(uris),
+    result = {**figures, "backbone": " + ".join(name for name, *_ in members), "labels": labels, "n_eval": len(uris),
               "n_train": len(data["fit"][0]) + len(data["val"][0]),
               "version": base_path.version_of(path), **extra}
     report.write_evaluation(output, path, result, metrics.prediction_lines(uris, scores, targets, labels))

@@ -25,13 +25,18 @@ WARMUP_BATCH_SIZES = (1, 2, 4, 8)
 WARMUP_IMAGE_SIZE = (240, 320)  # a typical photo's height, width
 
 
-def serving_fn(backbone_model, head, labels, image_size):
-    """The signature function; also usable in process (tests, benchmarks)."""
+def serving_fn(members, labels):
+    """The signature function; also usable in process (tests, benchmarks).
+
+    members: [(backbone_model, head, image_size)]. Several are an ensemble: the scores are their
+    mean, each member fed THE image function's pixels at its own size."""
     label_table = tf.constant(labels)
 
     def serve(key, image_bytes):
-        pixels = images.decode_batch(image_bytes, image_size)
-        scores = head(backbone_model(pixels, training=False), training=False)
+        pixels = {size: images.decode_batch(image_bytes, size) for size in sorted({m[2] for m in members})}
+        scores = [head(backbone_model(pixels[size], training=False), training=False)
+                  for backbone_model, head, size in members]
+        scores = scores[0] if len(scores) == 1 else tf.add_n(scores) / len(scores)
         prediction = tf.argmax(scores, axis=1)
         return {"key": key, "prediction": prediction, "label": tf.gather(label_table, prediction),
                 "scores": scores}
@@ -54,14 +59,19 @@ def classify_fn(serve, num_classes, labels):
 
 def export(head, backbone_name, labels, base_path, version=None, backbone_model=None):
     """Write base_path/<version>/ (next free version by default); returns its path."""
-    spec = backbones.get(backbone_name)
-    backbone_model = backbone_model or backbones.load(backbone_name)
+    return export_members([(backbone_name, backbone_model or backbones.load(backbone_name), head)],
+                          labels, base_path, version)
+
+
+def export_members(members, labels, base_path, version=None):
+    """export() of [(backbone_name, backbone_model, head)]: one model, or an ensemble of several."""
     version = version or layout.next_version(base_path)
     path = storage.join(base_path, str(version))
     archive = keras.export.ExportArchive()
-    archive.track(backbone_model)
-    archive.track(head)
-    serve = serving_fn(backbone_model, head, list(labels), spec.image_size)
+    for _, backbone_model, head in members:
+        archive.track(backbone_model)
+        archive.track(head)
+    serve = serving_fn([(model, head, backbones.get(name).image_size) for name, model, head in members], list(labels))
     archive.add_endpoint(
         "serving_default", serve,
         input_signature=[tf.TensorSpec([None], tf.string, name="key"),
