@@ -175,6 +175,22 @@ def test_the_learning_rate_decays_to_zero_by_the_last_step_or_the_deadline(secon
         assert max(Record.rates[1:]) == 0.0
 
 
+def test_no_epoch_starts_after_the_deadline():
+    import keras
+
+    from flowers.automl import finetune
+
+    lines = []
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    progress = finetune.Progress(epochs=5, steps=4, deadline=time.time() + 3600, log=lines.append)
+    model.fit(np.zeros((8, 2)), np.zeros((8, 1)), batch_size=2, epochs=2, verbose=0, callbacks=[progress])
+    assert not progress.stopped_by_deadline and len(lines) == 2  # one line an epoch, both run
+    progress.deadline = time.time() - 1  # passed while the last batch ran: stop at the epoch's end
+    progress.on_epoch_end(1, {"loss": 0.0, "val_accuracy": 0.5})
+    assert model.stop_training and progress.stopped_by_deadline
+
+
 def test_an_ensemble_serves_its_members_mean_scores(photos, tmp_path):
     """Each member gets THE image function's pixels at its own size; the signature returns the mean."""
     import keras

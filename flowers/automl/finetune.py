@@ -116,6 +116,8 @@ class Progress(keras.callbacks.Callback):
                      f"loss {logs.get('loss', 0):.4f} {self._eta((self.epochs - self.epoch) * self.steps - batch - 1)}")
 
     def on_epoch_end(self, epoch, logs=None):
+        if time.time() > self.deadline:  # else Keras starts another epoch: one batch, then its validation
+            self.stopped_by_deadline = self.model.stop_training = True
         self.log(f"fine-tune: epoch {epoch + 1}/{self.epochs} loss {logs.get('loss', 0):.4f} "
                  f"val_accuracy {logs.get('val_accuracy', 0):.4f} {self._eta((self.epochs - epoch - 1) * self.steps)}")
 
