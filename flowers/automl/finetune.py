@@ -181,7 +181,7 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
     _, backbone, head = build(data["backbone"], head_params, head_weights, n_labels)
     for dst, src in zip((backbone, head), (tuned_backbone, tuned_head)):
         dst.set_weights(src.get_weights())
-    scores = predict(backbone, head, data["val"][0], spec.image_size, global_batch)
+    scores = keras.Sequential([backbone, head]).predict(val_ds.map(lambda x, y: x), verbose=0)  # cached pixels
     val_accuracy = search.accuracy(scores, data["val"][2])
     stopped = "budget" if progress.stopped_by_deadline else ("early stopping" if early.stopped_epoch else "epochs")
     log(f"fine-tune: {epochs_run} epoch(s), stopped by {stopped}, val accuracy {val_accuracy:.4f}")
