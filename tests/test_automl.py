@@ -241,6 +241,76 @@ def test_the_ensemble_is_chosen_only_when_it_validates_at_least_as_well():
     assert automl_run._ensemble([a, b], dict(a[0], val_accuracy=1.0), {"did": []})["kind"] == "ensemble"
 
 
+# A head that memorises what it trains on, for synthetic features.
+HEAD = {"learning_rate": 1e-2, "weight_decay": 1e-6, "dropout": 0.0, "label_smoothing": 0.0, "hidden_units": 256,
+        "batch_size": 64, "best_epoch": 15}
+
+
+def synthetic(x, labels, name, n_labels=5):
+    """(params, data) as `flowers automl` has them per backbone, for features x: 80 % fit, 20 % val."""
+    y = np.eye(n_labels, dtype=np.float32)[labels]
+    uris, cut = [f"row{i:04d}" for i in range(len(x))], len(x) * 4 // 5
+    data = {"fit": (uris[:cut], x[:cut], y[:cut]), "val": (uris[cut:], x[cut:], y[cut:]),
+            "eval": (uris[cut:], x[cut:], y[cut:]), "labels": [str(i) for i in range(n_labels)],
+            "backbone": name, "embedding_size": x.shape[1]}
+    return dict(HEAD, backbone=name), data
+
+
+def test_out_of_fold_scores_come_from_heads_that_never_saw_the_row():
+    """Random features, random labels: a head memorises its own rows and can only guess on others,
+    so out-of-fold accuracy stays near chance unless a row is scored by a head that trained on it."""
+    from flowers.automl import search
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    params, data = synthetic(rng.normal(size=(200, 64)).astype(np.float32), labels, "noise")
+    scores, targets = search.out_of_fold_scores(params, data, 3)
+    np.testing.assert_array_equal(targets.argmax(axis=1), labels)  # every train row: fit, then val
+    assert search.accuracy(scores, targets) < 0.4
+    head, _ = search.train_head(params, data, epochs=params["best_epoch"])
+    assert search.accuracy(head.predict(data["fit"][1], verbose=0), data["fit"][2]) > 0.95  # it does memorise
+    folds = search.stratified_folds(targets, 3)
+    for label in range(5):  # every class spread evenly over the folds
+        counts = np.bincount(folds[labels == label], minlength=3)
+        assert counts.max() - counts.min() <= 1
+
+
+def test_the_frozen_ensemble_replaces_the_best_head_only_when_it_wins_out_of_fold():
+    """Two noisy views of the same classes err on different rows, so their heads' mean beats either
+    out of fold and is chosen; a head on pure noise only drags the mean down, and the single stays."""
+    from flowers.automl import run as automl_run, search
+
+    rng = np.random.default_rng(1)
+    labels, centers = rng.integers(0, 5, 300), rng.normal(size=(5, 32))
+
+    def view(name, noise):
+        return synthetic((centers[labels] + rng.normal(scale=noise, size=(300, 32))).astype(np.float32), labels, name)
+
+    a, b = view("a", 3.0), view("b", 3.0)
+    noise = synthetic(rng.normal(size=(300, 32)).astype(np.float32), labels, "noise")
+    head, history = search.train_head(a[0], a[1], epochs=HEAD["best_epoch"])
+    single = {"kind": "frozen", "members": [("a", None, head)], "val_accuracy": history[-1], "params": a[0],
+              "data": a[1], "train_accuracy": 1.0, "train_loss": 0.0, "steps": 1}
+
+    summary, heads = {"did": []}, {"a": head}
+    chosen = automl_run._frozen_ensemble([a, b], single, heads, summary)
+    figures = summary["frozen_ensemble"]
+    assert figures["cv_accuracy"] > figures["cv_accuracy_single"] + 0.02, figures
+    assert chosen["kind"] == "frozen ensemble" and [m[0] for m in chosen["members"]] == ["a", "b"]
+    assert chosen["members"][0][2] is head and heads["b"] is chosen["members"][1][2]  # the best head is reused
+    assert chosen["val_accuracy"] == figures["val_accuracy"] and chosen["params"] == [a[0], b[0]]
+    summary = {"did": []}  # fine-tuning follows: reported, not cross-validated, not chosen
+    assert automl_run._frozen_ensemble([a, b], single, heads, summary, cross_validate=False) is single
+    assert summary["frozen_ensemble"] == {k: figures[k] for k in ("members", "val_accuracy", "eval_accuracy")}
+
+    summary = {"did": []}
+    assert automl_run._frozen_ensemble([a, noise], single, {"a": head}, summary) is single
+    figures = summary["frozen_ensemble"]
+    assert figures["cv_accuracy"] < figures["cv_accuracy_single"], figures
+    with pytest.raises(ValueError, match="train rows differ"):
+        automl_run._frozen_ensemble([a, synthetic(b[1]["fit"][1][:100], labels[:100], "c")], single, {}, {"did": []})
+
+
 def test_katib_trial_prints_the_metrics_katib_collects(run):
     emb = run["out"] / "embeddings" / BACKBONE
     proc = subprocess.run(

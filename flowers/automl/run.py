@@ -25,6 +25,7 @@ TRIALS = 30
 SEARCH_SHARE = 0.3  # of the budget, when fine-tuning follows
 EXPORT_RESERVE = 0.08  # of the budget (at least EXPORT_RESERVE_MIN_S) kept for export + evaluation
 EXPORT_RESERVE_MIN_S = 45
+FROZEN_CV_FOLDS = 3  # out-of-fold check of the frozen-feature ensemble against the best trial's head
 
 
 def _log(msg):
@@ -114,10 +115,12 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
     """From the search's best parameters to OUT/model/<version>/ and its evaluation files.
 
     The frozen-feature candidate is the best trial's head retrained for its best number of epochs.
-    tune: [(params, data)] to fine-tune in that order, each in an equal share of the time left
-    (default: the best trial's own); a fine-tuned candidate replaces the chosen one only with a
-    validation accuracy at least as good, and so does the ensemble of the fine-tuned models (their
-    mean scores) when ensemble is on. Eval accuracies are reported, never used to choose.
+    tune: each backbone's best (params, data), fine-tuned in that order, each in an equal share of
+    the time left (default: the best trial's own). With ensemble on and several backbones, their
+    frozen heads' mean scores may replace the single head (see _frozen_ensemble). A fine-tuned
+    candidate replaces the chosen one only with a validation accuracy at least as good, and so does
+    the ensemble of the fine-tuned models (their mean scores) when ensemble is on. Eval accuracies
+    are reported, never used to choose.
     Also the AutoML pipeline's fine-tune step (flowers.pipeline.automl)."""
     from flowers.automl import finetune, search, winner
     from flowers.train import metrics
@@ -137,18 +140,20 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
               "steps": len(history) * -(-len(data["fit"][0]) // params["batch_size"]), "params": params,
               "data": data}
     summary["frozen"] = {"val_accuracy": frozen_val, "eval_accuracy": frozen_eval}
+    tune = tune or [(params, data)]
+    heads = {p["backbone"]: head for p, _ in tune if p == params}  # each backbone's best head, frozen features
+    if ensemble and len(tune) > 1:
+        chosen = _frozen_ensemble(tune, chosen, heads, summary, cross_validate=not fine_tune)
     phase("frozen_candidate", t0)
 
     if fine_tune:
         t0 = time.time()
         kwargs = {"epochs": fine_tune_epochs} if fine_tune_epochs else {}
-        tune = tune or [(params, data)]
         summary["fine_tune"], tuned_all = {}, []
         for i, (tune_params, tune_data) in enumerate(tune):
             name = tune_params["backbone"]
             share_end = time.time() + (end - time.time()) / (len(tune) - i)  # the time left, shared
-            start_head = head if tune_params == params else search.train_head(
-                tune_params, tune_data, epochs=tune_params.get("best_epoch", space.EPOCHS))[0]
+            start_head = heads.get(name) or _best_head(tune_params, tune_data)
             log(f"fine-tune {name} ({i + 1} of {len(tune)}), until {time.strftime('%H:%M', time.localtime(share_end))}")
             tuned = finetune.fine_tune(tune_data, tune_params, start_head.get_weights(),
                                        storage.join(output, "finetune", name), share_end, log=log, **kwargs)
@@ -192,6 +197,59 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
     return summary
 
 
+def _best_head(params, data):
+    from flowers.automl import search
+
+    return search.train_head(params, data, epochs=params.get("best_epoch", space.EPOCHS))[0]
+
+
+def _frozen_ensemble(per_backbone, single, heads, summary, cross_validate=True):
+    """Each backbone's best head on its frozen features, their mean scores as one more candidate.
+
+    It replaces the single head when it classifies the train rows at least as well out of fold
+    (FROZEN_CV_FOLDS heads per backbone): the validation slice picked the single head's parameters
+    and epochs among many trials, so it flatters that head. Without cross_validate (fine-tuning
+    follows, and its models win by points) it is only reported. heads: {backbone: head}, filled here."""
+    import numpy as np
+
+    from flowers.automl import search
+    from flowers.train import metrics
+
+    data = single["data"]
+    if any(d["fit"][0] != data["fit"][0] or d["val"][0] != data["val"][0] for _, d in per_backbone):
+        raise ValueError("the backbones' train rows differ: their embeddings come from different splits")
+    for p, d in per_backbone:
+        if p["backbone"] not in heads:
+            heads[p["backbone"]] = _best_head(p, d)
+
+    def mean_scores(split):
+        return np.mean([heads[p["backbone"]].predict(d[split][1], verbose=0, batch_size=1024)
+                        for p, d in per_backbone], axis=0)
+
+    names = [p["backbone"] for p, _ in per_backbone]
+    figures = summary["frozen_ensemble"] = {
+        "members": names, "val_accuracy": search.accuracy(mean_scores("val"), data["val"][2]),
+        "eval_accuracy": search.accuracy(mean_scores("eval"), data["eval"][2])}
+    if not cross_validate:
+        summary["did"].append(f"frozen ensemble of {' + '.join(names)}: reported only (fine-tuning follows)")
+        return single
+    oof = {p["backbone"]: search.out_of_fold_scores(p, d, FROZEN_CV_FOLDS) for p, d in per_backbone}
+    targets = next(iter(oof.values()))[1]
+    figures["cv_accuracy_single"] = search.accuracy(oof[single["params"]["backbone"]][0], targets)
+    figures["cv_accuracy"] = search.accuracy(np.mean([s for s, _ in oof.values()], axis=0), targets)
+    summary["did"].append(f"frozen ensemble of {' + '.join(names)}: {FROZEN_CV_FOLDS}-fold accuracy "
+                          f"{figures['cv_accuracy']:.4f} against {figures['cv_accuracy_single']:.4f} "
+                          "for the best trial's head")
+    if figures["cv_accuracy"] < figures["cv_accuracy_single"]:
+        return single
+    fit = metrics.summarize(mean_scores("fit"), data["fit"][2], data["labels"])
+    return {"kind": "frozen ensemble", "members": [(name, None, heads[name]) for name in names],
+            "val_accuracy": figures["val_accuracy"], "train_accuracy": fit["accuracy"],
+            "train_loss": fit["loss"], "params": [p for p, _ in per_backbone], "data": data,
+            "steps": sum(p.get("best_epoch", space.EPOCHS) * -(-len(data["fit"][0]) // p["batch_size"])
+                         for p, _ in per_backbone)}
+
+
 def _ensemble(tuned, chosen, summary):
     """The fine-tuned models' mean scores as one candidate; it replaces `chosen` when validated at least as well."""
     import numpy as np
@@ -228,7 +286,8 @@ def main(argv=None):
     parser.add_argument("--fine_tune", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--fine_tune_epochs", type=int, help="at most this many epochs (default: finetune.EPOCHS)")
     parser.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=True,
-                        help="also try the fine-tuned backbones' mean scores as one model (serves every backbone)")
+                        help="also try the backbones' mean scores as one model, of their frozen-feature heads and of "
+                             "the fine-tuned models (serves every backbone)")
     parser.add_argument("--resume", action="store_true", help="continue the run in OUTPUT")
     parser.add_argument("--eval_fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)

@@ -99,6 +99,30 @@ def train_head(params, data, epochs=space.EPOCHS, trial=None):
     return head, report.history
 
 
+def stratified_folds(targets, folds, seed=space.SEED):
+    """Each row's fold (0..folds-1), every class spread evenly over the folds."""
+    rng = np.random.default_rng(seed)
+    labels, fold = targets.argmax(axis=1), np.empty(len(targets), int)
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        fold[rows] = np.arange(len(rows)) % folds
+    return fold
+
+
+def out_of_fold_scores(params, data, folds):
+    """(scores, targets) for every train row (fit + val), each scored by a head that did not train
+    on it: one head per fold, trained on the other folds for params' best number of epochs."""
+    x = np.concatenate([data["fit"][1], data["val"][1]])
+    y = np.concatenate([data["fit"][2], data["val"][2]])
+    fold, scores = stratified_folds(y, folds), np.zeros(y.shape, np.float32)
+    for k in range(folds):
+        held = fold == k
+        part = dict(data, fit=(None, x[~held], y[~held]), val=(None, x[held], y[held]))
+        head, _ = train_head(params, part, epochs=params.get("best_epoch", space.EPOCHS))
+        scores[held] = head.predict(x[held], verbose=0, batch_size=1024)
+    return scores, y
+
+
 def open_study(path, resume):
     """The study in PATH (SQLite); an existing one is reused only with resume."""
     if storage.exists(path) and not resume:
