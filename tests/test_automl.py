@@ -219,26 +219,27 @@ def test_the_ensemble_is_chosen_only_when_it_validates_at_least_as_well():
     from flowers.automl import run as automl_run
 
     targets = np.eye(2, dtype=np.float32)[[0, 0, 1, 1]]
-    data = {"val": (["a", "b", "c", "d"], None, targets), "eval": (["e"], None, targets[:1])}
+    data = {"fit": (["f"], None, targets[:1]), "val": (["a", "b", "c", "d"], None, targets),
+            "eval": (["e"], None, targets[:1])}
 
     def candidate(name, val_scores, val_accuracy):
-        return ({"kind": "fine-tuned", "members": [(name, None, None)], "val_accuracy": val_accuracy,
-                 "val_scores": np.array(val_scores), "params": {"backbone": name}, "data": data,
-                 "train_accuracy": 0.9, "train_loss": 0.3, "steps": 10}, np.array([[0.6, 0.4]]))
+        return {"kind": "fine-tuned", "members": [(name, None, None)], "val_accuracy": val_accuracy,
+                "val_scores": np.array(val_scores), "eval_scores": np.array([[0.6, 0.4]]),
+                "params": {"backbone": name}, "data": data, "train_accuracy": 0.9, "train_loss": 0.3, "steps": 10}
 
     # Each member is wrong on a different row, with less confidence than the other is right.
     a = candidate("a", [[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.2, 0.8]], 0.75)
     b = candidate("b", [[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.1, 0.9]], 0.75)
     summary = {"did": []}
-    chosen = automl_run._ensemble([a, b], a[0], summary)
+    chosen = automl_run._ensemble([a, b], a, summary)
     assert chosen["kind"] == "ensemble" and [m[0] for m in chosen["members"]] == ["a", "b"]
     assert summary["ensemble"] == {"members": ["a", "b"], "val_accuracy": 1.0, "eval_accuracy": 1.0}
     assert chosen["steps"] == 20
     # A candidate validated better than the ensemble stays chosen; a tie goes to the ensemble.
     worse = candidate("b", [[0.05, 0.95], [0.9, 0.1], [0.6, 0.4], [0.1, 0.9]], 0.75)  # mean: wrong on row 0
-    better = dict(a[0], val_accuracy=0.8)
+    better = dict(a, val_accuracy=0.8)
     assert automl_run._ensemble([a, worse], better, {"did": []}) is better
-    assert automl_run._ensemble([a, b], dict(a[0], val_accuracy=1.0), {"did": []})["kind"] == "ensemble"
+    assert automl_run._ensemble([a, b], dict(a, val_accuracy=1.0), {"did": []})["kind"] == "ensemble"
 
 
 # A head that memorises what it trains on, for synthetic features.

@@ -163,18 +163,19 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
             hist = tuned["history"]
             candidate = {"kind": "fine-tuned", "members": [(name, tuned["backbone"], tuned["head"])],
                          "val_accuracy": tuned["val_accuracy"], "val_scores": tuned["val_scores"],
+                         "eval_scores": finetune.predict(tuned["backbone"], tuned["head"], tune_data["eval"][0],
+                                                         backbones.get(name).image_size),
                          # as Keras saw them: augmented batches, dropout on
                          "train_accuracy": (hist.get("accuracy") or [float("nan")])[-1],
                          "train_loss": (hist.get("loss") or [float("nan")])[-1],
                          "steps": tuned["epochs"] * -(-len(tune_data["fit"][0]) // finetune.BATCH_SIZE),
                          "params": tune_params, "data": tune_data}
-            eval_scores = finetune.predict(tuned["backbone"], tuned["head"], tune_data["eval"][0],
-                                           backbones.get(name).image_size)
             summary["fine_tune"][name] = {"val_accuracy": tuned["val_accuracy"],
-                                          "eval_accuracy": search.accuracy(eval_scores, tune_data["eval"][2]),
+                                          "eval_accuracy": search.accuracy(candidate["eval_scores"],
+                                                                           tune_data["eval"][2]),
                                           "epochs": tuned["epochs"], "stopped_by": tuned["stopped"], "history": hist}
             summary["did"].append(f"fine-tune {name}: {tuned['epochs']} epoch(s), stopped by {tuned['stopped']}")
-            tuned_all.append((candidate, eval_scores))
+            tuned_all.append(candidate)
             if candidate["val_accuracy"] >= chosen["val_accuracy"]:
                 chosen = candidate
         if ensemble and len(tuned_all) > 1:
@@ -216,8 +217,7 @@ def _frozen_ensemble(per_backbone, single, heads, summary, cross_validate=True):
     from flowers.train import metrics
 
     data = single["data"]
-    if any(d["fit"][0] != data["fit"][0] or d["val"][0] != data["val"][0] for _, d in per_backbone):
-        raise ValueError("the backbones' train rows differ: their embeddings come from different splits")
+    _check_same_rows([d for _, d in per_backbone])
     for p, d in per_backbone:
         if p["backbone"] not in heads:
             heads[p["backbone"]] = _best_head(p, d)
@@ -250,19 +250,24 @@ def _frozen_ensemble(per_backbone, single, heads, summary, cross_validate=True):
                          for p, _ in per_backbone)}
 
 
-def _ensemble(tuned, chosen, summary):
+def _check_same_rows(datas):
+    """Members of an ensemble are scored row by row together: their fit and val rows must be the same."""
+    first = datas[0]
+    if any(d["fit"][0] != first["fit"][0] or d["val"][0] != first["val"][0] for d in datas):
+        raise ValueError("the backbones' train rows differ: their embeddings come from different splits")
+
+
+def _ensemble(candidates, chosen, summary):
     """The fine-tuned models' mean scores as one candidate; it replaces `chosen` when validated at least as well."""
     import numpy as np
 
     from flowers.automl import search
 
-    candidates = [c for c, _ in tuned]
-    val_uris = candidates[0]["data"]["val"][0]
-    if any(c["data"]["val"][0] != val_uris for c in candidates):
-        raise ValueError("the backbones' validation slices differ: their embeddings come from different splits")
+    _check_same_rows([c["data"] for c in candidates])
     targets = candidates[0]["data"]["val"][2]
     val_accuracy = search.accuracy(np.mean([c["val_scores"] for c in candidates], axis=0), targets)
-    eval_accuracy = search.accuracy(np.mean([s for _, s in tuned], axis=0), candidates[0]["data"]["eval"][2])
+    eval_accuracy = search.accuracy(np.mean([c["eval_scores"] for c in candidates], axis=0),
+                                    candidates[0]["data"]["eval"][2])
     names = [name for c in candidates for name, *_ in c["members"]]
     summary["ensemble"] = {"members": names, "val_accuracy": val_accuracy, "eval_accuracy": eval_accuracy}
     summary["did"].append(f"ensemble of {' + '.join(names)}: val accuracy {val_accuracy:.4f}")
