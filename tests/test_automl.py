@@ -17,7 +17,7 @@ import yaml
 
 from flowers import testing
 from flowers.automl import katib, space
-from flowers.core import images
+from flowers.core import backbones, images
 from flowers.predict import client
 
 from conftest import CLASSES, ROOT
@@ -129,22 +129,24 @@ def test_the_served_model_is_the_evaluated_one(run):
         assert pred["label"] == row["predicted"]
         np.testing.assert_allclose(pred["scores"], row["scores"], atol=1e-5)
     right = sum(p["label"] == t for p, t in zip(preds, truth))
-    assert right >= 0.7 * len(uris), f"{right}/{len(uris)} photos right"
+    # A head fitted on 35 photos for a few epochs: 9 of 15 right has a chance of 1e-3 at random (1 in 5).
+    assert right >= 0.6 * len(uris), f"{right}/{len(uris)} photos right"
 
 
 def test_fine_tuning_sees_the_served_pixels(photos):
     """Validation images in fine-tuning are THE image function's pixels, bit for bit; training
-    images are the same function at CROP_SCALE, randomly cropped back to the served size."""
+    images are windows of those pixels, 1 / CROP_SCALE of each side."""
     from flowers.automl import finetune
 
     paths = [photos[c][0] for c in CLASSES]
-    size = 224
+    size = backbones.get("efficientnet_lite0").image_size
     ds = finetune.eval_dataset(paths, np.eye(len(paths), dtype=np.float32), size, batch_size=len(paths))
     pixels = next(iter(ds))[0].numpy()
     for path, got in zip(paths, pixels):
         np.testing.assert_array_equal(got, images.load_image(open(path, "rb").read(), size))
     train = next(iter(finetune.train_dataset(paths, np.eye(len(paths), dtype=np.float32), size, len(paths))))[0]
-    assert train.shape == (len(paths), size, size, 3)
+    crop = round(size / finetune.CROP_SCALE)
+    assert train.shape == (len(paths), crop, crop, 3)
     assert 0 <= float(np.min(train)) and float(np.max(train)) <= 255
 
 
@@ -196,11 +198,10 @@ def test_an_ensemble_serves_its_members_mean_scores(photos, tmp_path):
     import keras
     import tensorflow as tf
 
-    from flowers.core import backbones
     from flowers.train import export, head as head_lib
 
     members = []
-    for seed, name in enumerate(("efficientnet_lite0", "efficientnet_lite1")):  # 224 and 240 px
+    for seed, name in enumerate(("efficientnet_lite0", "efficientnet_lite1")):  # 288 and 240 px
         keras.utils.set_random_seed(seed)
         members.append((name, backbones.load(name), head_lib.build_head(backbones.get(name).embedding_size, len(CLASSES))))
     path = export.export_members(members, list(CLASSES), str(tmp_path / "model"))
@@ -215,16 +216,17 @@ def test_an_ensemble_serves_its_members_mean_scores(photos, tmp_path):
     assert out["prediction"].numpy().tolist() == np.mean(each, axis=0).argmax(1).tolist()
 
 
-def test_the_ensemble_is_chosen_only_when_it_validates_at_least_as_well():
+def test_the_fine_tuned_ensemble_is_kept_unless_it_validates_worse_beyond_noise():
     from flowers.automl import run as automl_run
 
-    targets = np.eye(2, dtype=np.float32)[[0, 0, 1, 1]]
-    data = {"fit": (["f"], None, targets[:1]), "val": (["a", "b", "c", "d"], None, targets),
+    reps = 25  # 100 validation rows: one standard error of 0.8 is 0.04
+    targets = np.tile(np.eye(2, dtype=np.float32)[[0, 0, 1, 1]], (reps, 1))
+    data = {"fit": (["f"], None, targets[:1]), "val": ([f"v{i}" for i in range(len(targets))], None, targets),
             "eval": (["e"], None, targets[:1])}
 
     def candidate(name, val_scores, val_accuracy):
         return {"kind": "fine-tuned", "members": [(name, None, None)], "val_accuracy": val_accuracy,
-                "val_scores": np.array(val_scores), "eval_scores": np.array([[0.6, 0.4]]),
+                "val_scores": np.tile(val_scores, (reps, 1)), "eval_scores": np.array([[0.6, 0.4]]),
                 "params": {"backbone": name}, "data": data, "train_accuracy": 0.9, "train_loss": 0.3, "steps": 10}
 
     # Each member is wrong on a different row, with less confidence than the other is right.
@@ -233,12 +235,15 @@ def test_the_ensemble_is_chosen_only_when_it_validates_at_least_as_well():
     summary = {"did": []}
     chosen = automl_run._ensemble([a, b], a, summary)
     assert chosen["kind"] == "ensemble" and [m[0] for m in chosen["members"]] == ["a", "b"]
-    assert summary["ensemble"] == {"members": ["a", "b"], "val_accuracy": 1.0, "eval_accuracy": 1.0}
+    assert summary["ensemble"] == {"members": ["a", "b"], "val_accuracy": 1.0, "eval_accuracy": 1.0,
+                                   "kept_from_val_accuracy": pytest.approx(0.75 - 0.0433, abs=1e-4)}
     assert chosen["steps"] == 20
-    # A candidate validated better than the ensemble stays chosen; a tie goes to the ensemble.
+    # The ensemble of a and `worse` validates at 0.75: under 0.8 by more than one standard error (0.76),
+    # under 0.78 by less (0.7386); a tie at 1.0 goes to the ensemble.
     worse = candidate("b", [[0.05, 0.95], [0.9, 0.1], [0.6, 0.4], [0.1, 0.9]], 0.75)  # mean: wrong on row 0
     better = dict(a, val_accuracy=0.8)
     assert automl_run._ensemble([a, worse], better, {"did": []}) is better
+    assert automl_run._ensemble([a, worse], dict(a, val_accuracy=0.78), {"did": []})["kind"] == "ensemble"
     assert automl_run._ensemble([a, b], dict(a, val_accuracy=1.0), {"did": []})["kind"] == "ensemble"
 
 

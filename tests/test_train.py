@@ -286,12 +286,12 @@ def test_summarize_counts_a_prediction_among_several_labels_as_correct():
 
 
 def fake_records(prefix, embedding_size=1280, labels=("daisy", "roses"), backbone=BACKBONE, label_ids=(0,),
-                 metadata=True, rows=3):
+                 metadata=True, rows=3, image_size=None):
     """Records with dummy embeddings: enough to fail on, never trained on."""
     with tf.io.TFRecordWriter(f"{prefix}-00000-of-00001.tfrecord.gz", "GZIP") as w:
         for i in range(rows):
             w.write(records.make_example(f"x{i}.jpg", np.ones(embedding_size), list(label_ids)).SerializeToString())
-    meta = {"backbone": backbone, "embedding_size": 1280, "image_size": 224}
+    meta = {"backbone": backbone, "embedding_size": 1280, "image_size": image_size or backbones.get(backbone).image_size}
     if labels is not None:
         meta["labels"] = list(labels)
     if metadata:
@@ -309,6 +309,8 @@ BAD_INPUTS = {
     "disagree on labels": lambda d: (fake_records(str(d / "train")), fake_records(str(d / "eval"), labels=("a", "b"))),
     "disagree on backbone": lambda d: (fake_records(str(d / "train")),
                                        fake_records(str(d / "eval"), backbone="efficientnet_lite2")),
+    "now takes 288 px: preprocess again": lambda d: (fake_records(str(d / "train"), image_size=224),
+                                                     fake_records(str(d / "eval"), image_size=224)),
     "label ids outside": lambda d: (fake_records(str(d / "train"), label_ids=(5,)), fake_records(str(d / "eval"))),
     "cannot read eval metadata": lambda d: (fake_records(str(d / "train")),
                                             fake_records(str(d / "eval"), metadata=False)),

@@ -3,8 +3,9 @@ learning-rate schedule (after a warm-up) that ends by the budget's deadline, ear
 (MirroredStrategy) or the CPU, with a progress line and an ETA.
 
 Pixels come from THE image function (flowers.core.images.decode_and_resize): validation images
-go through it exactly as the served model does; training images are decoded CROP_SCALE larger,
-then randomly cropped back, flipped and colour-jittered. Batch norm keeps its ImageNet
+go through it exactly as the served model does; training images are random windows of those same
+pixels (1 / CROP_SCALE of each side), flipped and colour-jittered, so an object has the same size in
+pixels in training as when served (the backbone is fully convolutional: it takes either size). Batch norm keeps its ImageNet
 statistics (the backbone runs in inference mode, its weights still learn), as keras.io's
 fine-tuning guide recommends for small datasets and batches.
 """
@@ -25,7 +26,7 @@ BATCH_SIZE = 32
 LEARNING_RATE = 1e-4  # peak, reached after the warm-up, then cosine decay to 0
 WARMUP = 0.1  # of the run's progress (steps or time, whichever is further along)
 PATIENCE = 3  # epochs without a better validation accuracy before stopping
-CROP_SCALE = 1.15
+CROP_SCALE = 1.15  # served side / training window side
 BRIGHTNESS, CONTRAST, SATURATION = 0.1, 0.2, 0.2  # colour jitter, on [0, 1] pixels
 MIN_SECONDS = 60  # less time left than this: fine-tuning is skipped
 
@@ -34,8 +35,12 @@ def read_and_decode(uri, size):
     return images.decode_and_resize(tf.io.read_file(uri), size)
 
 
+def crop_size(size):
+    return int(round(size / CROP_SCALE))
+
+
 def augment(image, size, seed):
-    """uint8 [S', S', 3] (decoded CROP_SCALE larger) -> float [size, size, 3] in [0, 255]."""
+    """uint8 [S', S', 3] (the served pixels) -> float [size, size, 3] in [0, 255], a random window."""
     x = tf.cast(image, tf.float32) / 255.0
     x = tf.image.stateless_random_crop(x, [size, size, 3], seed=seed)
     x = tf.image.stateless_random_flip_left_right(x, seed=seed + 1)
@@ -46,14 +51,14 @@ def augment(image, size, seed):
 
 
 def train_dataset(uris, targets, size, batch_size):
-    """Decoded once (uint8, in memory), then augmented afresh every epoch."""
-    big = int(round(size * CROP_SCALE))
+    """Decoded once at the served size (uint8, in memory), then augmented afresh every epoch into
+    windows of crop_size(size)."""
     ds = tf.data.Dataset.from_tensor_slices((list(uris), targets))
-    ds = ds.map(lambda u, y: (tf.cast(tf.round(read_and_decode(u, big)), tf.uint8), y),
+    ds = ds.map(lambda u, y: (tf.cast(tf.round(read_and_decode(u, size)), tf.uint8), y),
                 num_parallel_calls=tf.data.AUTOTUNE).cache()
     ds = ds.shuffle(len(uris), seed=search.space.SEED, reshuffle_each_iteration=True)
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=search.space.SEED).batch(2)))
-    ds = ds.map(lambda xy, s: (augment(xy[0], size, tf.cast(s, tf.int32) % 2**30), xy[1]),
+    ds = ds.map(lambda xy, s: (augment(xy[0], crop_size(size), tf.cast(s, tf.int32) % 2**30), xy[1]),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -130,10 +135,10 @@ class Progress(keras.callbacks.Callback):
 def build(backbone_name, head_params, head_weights, n_labels):
     """Backbone (trainable, inference-mode BN) -> head initialised from the search's head."""
     spec = backbones.get(backbone_name)
-    backbone = backbones.load(backbone_name)
+    backbone = backbones.load(backbone_name, any_size=True)  # training windows, served images
     head = head_lib.build_head(spec.embedding_size, n_labels, head_params["hidden_units"], head_params["dropout"])
     head.set_weights(head_weights)
-    inputs = keras.Input((spec.image_size, spec.image_size, 3), name="image")
+    inputs = keras.Input((None, None, 3), name="image")
     model = keras.Model(inputs, head(backbone(inputs, training=False)), name="fine_tuned")
     # The rate is set every batch by BudgetSchedule.
     model.compile(optimizer=keras.optimizers.AdamW(0.0, weight_decay=head_params["weight_decay"]),

@@ -12,6 +12,7 @@ again with --resume keeps its split, embeddings, finished trials and fine-tuning
 """
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -26,6 +27,7 @@ SEARCH_SHARE = 0.3  # of the budget, when fine-tuning follows
 EXPORT_RESERVE = 0.08  # of the budget (at least EXPORT_RESERVE_MIN_S) kept for export + evaluation
 EXPORT_RESERVE_MIN_S = 45
 FROZEN_CV_FOLDS = 3  # out-of-fold check of the frozen-feature ensemble against the best trial's head
+ENSEMBLE_SLACK_SE = 1.0  # the fine-tuned ensemble is kept unless it validates this many standard errors lower
 
 
 def _log(msg):
@@ -95,7 +97,7 @@ def run(data_dir, output, budget_minutes=BUDGET_MINUTES, trials=TRIALS, backbone
     # backbones (on the shared photos a fine-tuned lite0 beat a frozen lite2 by 2 points).
     per_backbone = search.best_per_backbone(study)
     tune = [(_with_epochs(per_backbone[name]), datasets[name])
-            for name in sorted(per_backbone, key=lambda n: backbones.get(n).image_size)]
+            for name in sorted(per_backbone, key=list(backbones.BACKBONES).index)]  # lite0, lite1, lite2: cheapest first
     finish(params, datasets[params["backbone"]], output, end, fine_tune, fine_tune_epochs, summary, log, tune, ensemble)
     summary["wall_time_s"] = round(time.time() - started, 1)
     storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
@@ -118,8 +120,9 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
     tune: each backbone's best (params, data), fine-tuned in that order, each in an equal share of
     the time left (default: the best trial's own). With ensemble on and several backbones, their
     frozen heads' mean scores may replace the single head (see _frozen_ensemble). A fine-tuned
-    candidate replaces the chosen one only with a validation accuracy at least as good, and so does
-    the ensemble of the fine-tuned models (their mean scores) when ensemble is on. Eval accuracies
+    candidate replaces the chosen one only with a validation accuracy at least as good; the ensemble of
+    the fine-tuned models (their mean scores, when ensemble is on) unless it validates worse beyond
+    the slice's noise (see _ensemble). Eval accuracies
     are reported, never used to choose.
     Also the AutoML pipeline's fine-tune step (flowers.pipeline.automl)."""
     from flowers.automl import finetune, search, winner
@@ -258,7 +261,10 @@ def _check_same_rows(datas):
 
 
 def _ensemble(candidates, chosen, summary):
-    """The fine-tuned models' mean scores as one candidate; it replaces `chosen` when validated at least as well."""
+    """The fine-tuned models' mean scores as one candidate. It replaces `chosen` unless it validates
+    worse by more than ENSEMBLE_SLACK_SE standard errors of `chosen`'s validation accuracy: a fine-tuned
+    model's figure is the best of its epochs on this same slice (its checkpoint was picked there), so it
+    is flattered, and a difference of a photo or two is noise."""
     import numpy as np
 
     from flowers.automl import search
@@ -269,9 +275,13 @@ def _ensemble(candidates, chosen, summary):
     eval_accuracy = search.accuracy(np.mean([c["eval_scores"] for c in candidates], axis=0),
                                     candidates[0]["data"]["eval"][2])
     names = [name for c in candidates for name, *_ in c["members"]]
-    summary["ensemble"] = {"members": names, "val_accuracy": val_accuracy, "eval_accuracy": eval_accuracy}
-    summary["did"].append(f"ensemble of {' + '.join(names)}: val accuracy {val_accuracy:.4f}")
-    if val_accuracy < chosen["val_accuracy"]:
+    best = chosen["val_accuracy"]
+    floor = best - ENSEMBLE_SLACK_SE * math.sqrt(best * (1 - best) / len(targets))
+    summary["ensemble"] = {"members": names, "val_accuracy": val_accuracy, "eval_accuracy": eval_accuracy,
+                           "kept_from_val_accuracy": floor}
+    summary["did"].append(f"ensemble of {' + '.join(names)}: val accuracy {val_accuracy:.4f} (kept from "
+                          f"{floor:.4f}: {best:.4f} of the best single model, less {ENSEMBLE_SLACK_SE:g} standard error)")
+    if val_accuracy < floor:
         return chosen
     return {"kind": "ensemble", "members": [m for c in candidates for m in c["members"]],
             "val_accuracy": val_accuracy, "params": [c["params"] for c in candidates], "data": candidates[0]["data"],

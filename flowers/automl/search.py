@@ -54,7 +54,8 @@ def load_embeddings(train_prefix, eval_prefix):
         by_class.setdefault(int(label), []).append(i)
     fit, val = importer.stratified_split(by_class, space.VALIDATION_FRACTION, space.SEED)
     fit, val = np.array(sorted(i for i, _ in fit)), np.array(sorted(i for i, _ in val))
-    e_uris, ex, ey, _ = load_split(eval_prefix)
+    e_uris, ex, ey, e_meta = load_split(eval_prefix)
+    inputs.check_metadata(meta, e_meta)
     take = lambda idx: ([uris[i] for i in idx], x[idx], y[idx])  # noqa: E731
     return {"fit": take(fit), "val": take(val), "eval": (e_uris, ex, ey), "labels": meta["labels"],
             "backbone": meta["backbone"], "embedding_size": meta["embedding_size"]}
