@@ -98,7 +98,10 @@ def test_history_covers_the_whole_run_and_matches_tensorboard(resumed):
     assert set(h) == {"steps", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy"}
     assert all(len(v) == len(h["steps"]) for v in h.values())
     assert all(0 <= a <= 1 for a in h["train_accuracy"] + h["eval_accuracy"])
-    assert h["eval_loss"][-1] < h["eval_loss"][0]
+    # It learned: the training loss fell, and the held-out loss ends far below chance's ln 5 = 1.61 (it
+    # may already be near its floor at the first evaluation, then drift up as 51 photos are memorised).
+    assert h["train_loss"][-1] < h["train_loss"][0]
+    assert h["eval_loss"][-1] < 0.5 * np.log(5)
     # TensorBoard's curves are the history's, and the last eval point is metrics.json's accuracy. The
     # SIGKILL may land before TensorBoard's writer flushed the killed run's last points: those may miss.
     tb = scalars(output, "validation", "evaluation_accuracy_vs_iterations")
