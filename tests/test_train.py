@@ -294,7 +294,8 @@ def fake_records(prefix, embedding_size=1280, labels=("daisy", "roses"), backbon
     with tf.io.TFRecordWriter(f"{prefix}-00000-of-00001.tfrecord.gz", "GZIP") as w:
         for i in range(rows):
             w.write(records.make_example(f"x{i}.jpg", np.ones(embedding_size), list(label_ids)).SerializeToString())
-    meta = {"backbone": backbone, "embedding_size": 1280, "image_size": image_size or backbones.get(backbone).image_size}
+    meta = {"backbone": backbone, "embedding_size": 1280,
+            "image_size": image_size or backbones.get(backbone).image_size}
     if labels is not None:
         meta["labels"] = list(labels)
     if metadata:
@@ -312,8 +313,10 @@ BAD_INPUTS = {
     "disagree on labels": lambda d: (fake_records(str(d / "train")), fake_records(str(d / "eval"), labels=("a", "b"))),
     "disagree on backbone": lambda d: (fake_records(str(d / "train")),
                                        fake_records(str(d / "eval"), backbone="efficientnet_lite2")),
-    "now takes 288 px: preprocess again": lambda d: (fake_records(str(d / "train"), image_size=224),
-                                                     fake_records(str(d / "eval"), image_size=224)),
+    "the train embeddings were made from 224 px images; efficientnet_lite0 now takes 288 px: preprocess again":
+        lambda d: (fake_records(str(d / "train"), image_size=224), fake_records(str(d / "eval"), image_size=224)),
+    "the eval embeddings were made from 224 px images": lambda d: (fake_records(str(d / "train")),
+                                                                   fake_records(str(d / "eval"), image_size=224)),
     "label ids outside": lambda d: (fake_records(str(d / "train"), label_ids=(5,)), fake_records(str(d / "eval"))),
     "cannot read eval metadata": lambda d: (fake_records(str(d / "train")),
                                             fake_records(str(d / "eval"), metadata=False)),

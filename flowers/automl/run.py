@@ -93,11 +93,12 @@ def run(data_dir, output, budget_minutes=BUDGET_MINUTES, trials=TRIALS, backbone
     params = _with_epochs(best)
     log(f"best trial {best.number}: val accuracy {best.value:.4f} {params}")
     summary["frozen_trial"] = best.number
-    # Every backbone's best trial is fine-tuned, the cheapest first: fine-tuning can reorder the
-    # backbones (on the shared photos a fine-tuned lite0 beat a frozen lite2 by 2 points).
+    # Every backbone's best trial is fine-tuned, the cheapest first (the registry's order: lite0, lite1,
+    # lite2; their input sizes are not in that order). Fine-tuning can reorder the backbones (on the
+    # shared photos a fine-tuned lite0 beat a frozen lite2 by 2 points).
     per_backbone = search.best_per_backbone(study)
     tune = [(_with_epochs(per_backbone[name]), datasets[name])
-            for name in sorted(per_backbone, key=list(backbones.BACKBONES).index)]  # lite0, lite1, lite2: cheapest first
+            for name in sorted(per_backbone, key=list(backbones.BACKBONES).index)]
     finish(params, datasets[params["backbone"]], output, end, fine_tune, fine_tune_epochs, summary, log, tune, ensemble)
     summary["wall_time_s"] = round(time.time() - started, 1)
     storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
@@ -279,8 +280,8 @@ def _ensemble(candidates, chosen, summary):
     floor = best - ENSEMBLE_SLACK_SE * math.sqrt(best * (1 - best) / len(targets))
     summary["ensemble"] = {"members": names, "val_accuracy": val_accuracy, "eval_accuracy": eval_accuracy,
                            "kept_from_val_accuracy": floor}
-    summary["did"].append(f"ensemble of {' + '.join(names)}: val accuracy {val_accuracy:.4f} (kept from "
-                          f"{floor:.4f}: {best:.4f} of the best single model, less {ENSEMBLE_SLACK_SE:g} standard error)")
+    summary["did"].append(f"ensemble of {' + '.join(names)}: val accuracy {val_accuracy:.4f} (kept from {floor:.4f}: "
+                          f"{best:.4f} of the best single model, less {ENSEMBLE_SLACK_SE:g} standard error)")
     if val_accuracy < floor:
         return chosen
     return {"kind": "ensemble", "members": [m for c in candidates for m in c["members"]],

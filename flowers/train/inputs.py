@@ -65,9 +65,10 @@ def check_metadata(train_meta, eval_meta):
         raise TrainError(f"metadata embedding_size {train_meta['embedding_size']} differs from "
                          f"{spec.name}'s {spec.embedding_size}")
     # The exported model feeds the backbone image_size pixels: embeddings of other sizes would skew.
-    if train_meta.get("image_size", spec.image_size) != spec.image_size:
-        raise TrainError(f"the embeddings were made from {train_meta['image_size']} px images; {spec.name} "
-                         f"now takes {spec.image_size} px: preprocess again")
+    for role, meta in (("train", train_meta), ("eval", eval_meta)):
+        if meta.get("image_size", spec.image_size) != spec.image_size:
+            raise TrainError(f"the {role} embeddings were made from {meta['image_size']} px images; {spec.name} "
+                             f"now takes {spec.image_size} px: preprocess again")
 
 
 def count_records(files, embedding_size, n_labels, role):
