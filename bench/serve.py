@@ -12,7 +12,8 @@ and measures, in alternating rounds so that both sides share the machine's noise
   throughput  images/s: the in-process function on batches of --clients images (one call at a
               time, and one call per core at once: the faster is the limit, whatever the server's
               batching config), against --clients concurrent clients sending one image each to
-              the batching server.
+              the batching server; in each round the limit runs before and after the servers and
+              the two are averaged (the host's speed drifts within a minute).
   hot load    REST latency of the first request to a version hot-loaded while the server runs
               (serve image's batching config), with and without --enable_model_warmup, against
               the steady-state p50 of the loaded version (--hot_loads new versions per mode).
@@ -297,21 +298,26 @@ def main(argv=None):
             throughput = {one: [], many: [], "REST": [], "gRPC": []}
             seconds = args.seconds / args.rounds
             cpu = {name: [] for name in throughput}  # (server, this process) CPU ms per image
+            measure = {one: lambda: batched_in_process(sides, args.clients, seconds),
+                    many: lambda: batched_in_process(sides, args.clients, seconds, cores),
+                    "REST": lambda: asyncio.run(concurrent_rest(batched_rest, photos, args.clients, seconds)),
+                    "gRPC": lambda: asyncio.run(
+                        concurrent_grpc(batched_grpc, batched_sides.requests, args.clients, seconds))}
+            # The host's speed drifts within a round: the in-process limit runs before and after the
+            # servers (A B B A) and its two runs are averaged, so a linear drift cancels.
+            order = [one, many, "REST", "gRPC", many, one] if cores > 1 else [one, "REST", "gRPC", one]
             for _ in range(args.rounds):
-                for name, run in (
-                        (one, lambda: batched_in_process(sides, args.clients, seconds)),
-                        (many, lambda: batched_in_process(sides, args.clients, seconds, cores)),
-                        ("REST", lambda: asyncio.run(concurrent_rest(batched_rest, photos, args.clients, seconds))),
-                        ("gRPC", lambda: asyncio.run(
-                            concurrent_grpc(batched_grpc, batched_sides.requests, args.clients, seconds)))):
-                    if name == many and cores == 1:
-                        continue
+                rates = {name: [] for name in throughput}
+                for name in order:
                     server_cpu, own_cpu, start = proc_cpu_s(batched.pid), time.process_time(), time.perf_counter()
-                    rate = run()
+                    rate = measure[name]()
                     n = rate * (time.perf_counter() - start)
-                    throughput[name].append(rate)
+                    rates[name].append(rate)
                     cpu[name].append(((proc_cpu_s(batched.pid) - server_cpu) / n * 1e3,
                                       (time.process_time() - own_cpu) / n * 1e3))
+                for name, measured in rates.items():
+                    if measured:
+                        throughput[name].append(statistics.mean(measured))
         finally:
             testing.stop_subprocess(plain)
             testing.stop_subprocess(batched)
@@ -324,8 +330,8 @@ def main(argv=None):
         p50, p99 = statistics.median(samples), percentile(samples, 99)
         print(f"  {name:20} {p50 * 1e3:8.1f} {p99 * 1e3:8.1f} {(p50 / base_p50 - 1) * 100:12.1f}%")
     throughput = {name: runs for name, runs in throughput.items() if runs}
-    # Each round's sides ran back to back: a ratio within a round shares that round's machine
-    # speed (which drifts by 10-20 % between rounds here); the median is over rounds' ratios.
+    # A ratio within a round shares that round's machine speed (which drifts by 10-20 % between
+    # rounds here); the median is over rounds' ratios.
     limits = [max(runs[r] for name, runs in throughput.items() if name in (one, many)) for r in range(args.rounds)]
     ratio = {name: statistics.median(runs[r] / limits[r] for r in range(args.rounds)) for name, runs in throughput.items()}
     print(f"\nthroughput, {args.clients} concurrent clients x 1 image, batching server "
