@@ -319,8 +319,8 @@ def test_the_frozen_ensemble_replaces_the_best_head_only_when_it_wins_out_of_fol
 
 def test_backbones_take_turns_in_the_search_and_a_resumed_search_continues_the_turns(tmp_path):
     """A backbone of pure noise loses every trial to an informative one and still gets every other
-    trial (left to choose, TPE ran 27 of 30 trials on one backbone); trials.csv lists only trials
-    that ran, not one still queued."""
+    trial (left to choose, TPE ran 27 of 30 trials on one backbone), pruned only against its own;
+    trials.csv lists only trials that ran, not one still queued."""
     from flowers.automl import search
 
     rng = np.random.default_rng(2)
@@ -333,6 +333,9 @@ def test_backbones_take_turns_in_the_search_and_a_resumed_search_continues_the_t
     best = search.search(study, datasets, 9, time.time() + 600, log=lambda _: None)
     assert [t.params["backbone"] for t in study.get_trials()] == ["good", "noise"] * 4 + ["good"]
     assert best.params["backbone"] == "good" and search.finished(study) == 9
+    noise_done = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+                  if t.params["backbone"] == "noise"]
+    assert len(noise_done) >= 3  # pruned against its own trials only, not against the good backbone's
     study.enqueue_trial({"backbone": "noise"})  # queued, never run
     search.write_trials_csv(study, str(tmp_path / "trials.csv"))
     with open(tmp_path / "trials.csv") as f:
