@@ -299,10 +299,10 @@ def main(argv=None):
             seconds = args.seconds / args.rounds
             cpu = {name: [] for name in throughput}  # (server, this process) CPU ms per image
             measure = {one: lambda: batched_in_process(sides, args.clients, seconds),
-                    many: lambda: batched_in_process(sides, args.clients, seconds, cores),
-                    "REST": lambda: asyncio.run(concurrent_rest(batched_rest, photos, args.clients, seconds)),
-                    "gRPC": lambda: asyncio.run(
-                        concurrent_grpc(batched_grpc, batched_sides.requests, args.clients, seconds))}
+                       many: lambda: batched_in_process(sides, args.clients, seconds, cores),
+                       "REST": lambda: asyncio.run(concurrent_rest(batched_rest, photos, args.clients, seconds)),
+                       "gRPC": lambda: asyncio.run(
+                           concurrent_grpc(batched_grpc, batched_sides.requests, args.clients, seconds))}
             # The host's speed drifts within a round: the in-process limit runs before and after the
             # servers (A B B A) and its two runs are averaged, so a linear drift cancels.
             order = [one, many, "REST", "gRPC", many, one] if cores > 1 else [one, "REST", "gRPC", one]

@@ -215,7 +215,8 @@ def best_per_backbone(study):
 
 
 def write_trials_csv(study, path):
-    """Every trial: number, state, objective, eval accuracy, epochs, seconds, then its parameters."""
+    """Every trial that ran (not one only queued): number, state, objective, eval accuracy, epochs,
+    seconds, then its parameters."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
     names = sorted({k for t in trials for k in t.params})
     lines = [list(TRIAL_COLUMNS) + names]
