@@ -136,7 +136,7 @@ def test_the_served_model_is_the_evaluated_one(run):
 def test_fine_tuning_sees_the_served_pixels(photos):
     """Validation images in fine-tuning are THE image function's pixels, bit for bit; training
     images are windows of those pixels, 1 / CROP_SCALE of each side."""
-    from flowers.automl import finetune
+    from flowers.automl import finetune, tuned_model
 
     paths = [photos[c][0] for c in CLASSES]
     size = backbones.get("efficientnet_lite0").image_size
@@ -145,7 +145,7 @@ def test_fine_tuning_sees_the_served_pixels(photos):
     for path, got in zip(paths, pixels):
         np.testing.assert_array_equal(got, images.load_image(open(path, "rb").read(), size))
     train = next(iter(finetune.train_dataset(paths, np.eye(len(paths), dtype=np.float32), size, len(paths))))[0]
-    crop = round(size / finetune.CROP_SCALE)
+    crop = round(size / tuned_model.CROP_SCALE)
     assert train.shape == (len(paths), crop, crop, 3)
     assert 0 <= float(np.min(train)) and float(np.max(train)) <= 255
 

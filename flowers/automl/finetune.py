@@ -4,10 +4,11 @@ learning-rate schedule (after a warm-up) that ends by the budget's deadline, ear
 
 Pixels come from THE image function (flowers.core.images.decode_and_resize): validation images
 go through it exactly as the served model does; training images are random windows of those same
-pixels (1 / CROP_SCALE of each side), flipped and colour-jittered, so an object has the same size in
-pixels in training as when served (the backbone is fully convolutional: it takes either size).
-Batch norm keeps its ImageNet statistics (the backbone runs in inference mode, its weights still
-learn), as keras.io's fine-tuning guide recommends for small datasets and batches.
+pixels (1 / tuned_model.CROP_SCALE of each side), flipped and colour-jittered, so an object has the
+same size in pixels in training as when served (the backbone is fully convolutional: it takes
+either size). The model itself is built in flowers.automl.tuned_model. Batch norm keeps its
+ImageNet statistics (the backbone runs in inference mode, its weights still learn), as keras.io's
+fine-tuning guide recommends for small datasets and batches.
 """
 import math
 import time
@@ -17,8 +18,9 @@ import numpy as np
 import tensorflow as tf
 
 from flowers.automl import search
+from flowers.automl.tuned_model import build, crop_size
 from flowers.core import backbones, images, storage
-from flowers.train import head as head_lib, trainer
+from flowers.train import trainer
 
 # Hyper-parameters (the head's come from the search).
 EPOCHS = 12
@@ -26,17 +28,12 @@ BATCH_SIZE = 32
 LEARNING_RATE = 1e-4  # peak, reached after the warm-up, then cosine decay to 0
 WARMUP = 0.1  # of the run's progress (steps or time, whichever is further along)
 PATIENCE = 3  # epochs without a better validation accuracy before stopping
-CROP_SCALE = 1.15  # served side / training window side
 BRIGHTNESS, CONTRAST, SATURATION = 0.1, 0.2, 0.2  # colour jitter, on [0, 1] pixels
 MIN_SECONDS = 60  # less time left than this: fine-tuning is skipped
 
 
 def read_and_decode(uri, size):
     return images.decode_and_resize(tf.io.read_file(uri), size)
-
-
-def crop_size(size):
-    return int(round(size / CROP_SCALE))
 
 
 def augment(image, size, seed):
@@ -130,21 +127,6 @@ class Progress(keras.callbacks.Callback):
         """Time per batch so far (validation included) times the batches left, capped by the budget."""
         left = (time.time() - self.started) / max(self.done, 1) * batches_left
         return f"ETA {left / 60:.1f} min (budget left {(self.deadline - time.time()) / 60:.1f} min)"
-
-
-def build(backbone_name, head_params, head_weights, n_labels):
-    """Backbone (trainable, inference-mode BN) -> head initialised from the search's head."""
-    spec = backbones.get(backbone_name)
-    backbone = backbones.load(backbone_name, any_size=True)  # training windows, served images
-    head = head_lib.build_head(spec.embedding_size, n_labels, head_params["hidden_units"], head_params["dropout"])
-    head.set_weights(head_weights)
-    inputs = keras.Input((None, None, 3), name="image")
-    model = keras.Model(inputs, head(backbone(inputs, training=False)), name="fine_tuned")
-    # The rate is set every batch by BudgetSchedule.
-    model.compile(optimizer=keras.optimizers.AdamW(0.0, weight_decay=head_params["weight_decay"]),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=head_params["label_smoothing"]),
-                  metrics=["accuracy"])
-    return model, backbone, head
 
 
 def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS, batch_size=BATCH_SIZE,
