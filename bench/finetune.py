@@ -90,7 +90,8 @@ def main():
     parser.add_argument("--val_photos", type=int, default=443, help="the shared photos' validation slice")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
-    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}, devices {devices()}", flush=True)
+    found = devices()
+    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}, devices {found}", flush=True)
     print(f"{'backbone':<20} {'batch':>5} {'precision':<15} {'train img/s':>11} {'embed img/s':>11} "
           f"{'fine-tune s':>11}", flush=True)
     rows = []
@@ -105,7 +106,7 @@ def main():
                 print(f"{name:<20} {batch_size:>5} {precision:<15} {row['train']:>11.1f} {row['embed']:>11.1f} "
                       f"{row['fine_tune_s']:>11.0f}", flush=True)
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"backend": keras.backend.backend(), "devices": devices(),
+        pathlib.Path(args.json).write_text(json.dumps({"backend": keras.backend.backend(), "devices": found,
                                                        "rows": rows}, indent=1))
 
 
