@@ -102,9 +102,33 @@ def test_resume_keeps_the_finished_trials_and_the_embeddings(run):
 def test_summary_says_what_it_had_time_for(run):
     summary = json.loads((run["out"] / "summary.json").read_text())
     assert summary["did"][0] == f"search: {TRIALS} of {TRIALS} trials finished"
-    assert summary["did"][1].startswith(f"fine-tune {BACKBONE}: ")
+    assert summary["did"][1].startswith("label audit: ")
+    assert summary["did"][2].startswith(f"fine-tune {BACKBONE}: ")
     assert summary["winner"]["kind"] in ("frozen", "fine-tuned")
     assert "had time for: search" in run["log"]
+
+
+def test_the_label_audit_lists_a_planted_wrong_label_among_the_doubted(run, tmp_path):
+    """A daisy relabelled sunflowers in the run's train rows: heads that never saw it call it something else."""
+    from flowers.automl import label_audit, search
+
+    out = run["out"]
+    data = search.load_embeddings(*(str(out / "embeddings" / BACKBONE / split) for split in ("train", "eval")))
+    best = search.best_per_backbone(search.open_study(str(out / "study.sqlite3"), resume=True))[BACKBONE]
+    params = dict(best.params, best_epoch=best.user_attrs["best_epoch"])
+    uris, x, y = data["fit"]
+    planted = int(np.flatnonzero(y[:, data["labels"].index("daisy")] > 0)[0])
+    y = y.copy()
+    y[planted] = np.eye(len(data["labels"]))[data["labels"].index("sunflowers")]
+    doubted, rows = label_audit.audit(params, dict(data, fit=(uris, x, y)), str(tmp_path / "issues.csv"))
+    with open(tmp_path / "issues.csv") as f:
+        listed = list(csv.DictReader(f))
+    assert rows == len(uris) + len(data["val"][0]) and doubted == len(listed) < rows
+    row = next(r for r in listed if r["uri"] == uris[planted])
+    assert row["label"] == "sunflowers" and row["predicted"] != "sunflowers"
+    scores = [float(r["label_score"]) for r in listed]
+    assert scores == sorted(scores) and all(r["predicted"] != r["label"] for r in listed)
+    assert (out / "label_issues.csv").read_text().startswith(",".join(label_audit.COLUMNS))
 
 
 def test_the_served_model_is_the_evaluated_one(run):

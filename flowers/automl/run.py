@@ -2,6 +2,7 @@
 
     import (stratified split) -> preprocess once per backbone (cached in OUT/embeddings/)
     -> search the head on the embeddings (Optuna, OUT/study.sqlite3, OUT/trials.csv)
+    -> list the train photos whose label out-of-fold heads doubt (OUT/label_issues.csv)
     -> fine-tune each backbone's best candidate end to end on images, cheapest first (OUT/finetune/<backbone>/)
     -> export the best of the frozen, fine-tuned and ensembled candidates (by validation accuracy) to OUT/model/<version>/,
        scored through its own serving signature: OUT/metrics.json, OUT/eval_predictions.jsonl
@@ -63,7 +64,7 @@ def preprocess(data, output, backbone, log):
 def run(data_dir, output, budget_minutes=BUDGET_MINUTES, trials=TRIALS, backbone_names=DEFAULT_BACKBONES,
         fine_tune=True, resume=False, eval_fraction=0.1, seed=0, fine_tune_epochs=None, ensemble=True, log=_log):
     """The whole AutoML run; returns the summary (also in OUT/summary.json)."""
-    from flowers.automl import search
+    from flowers.automl import label_audit, search
 
     started = time.time()
     budget = budget_minutes * 60
@@ -93,6 +94,11 @@ def run(data_dir, output, budget_minutes=BUDGET_MINUTES, trials=TRIALS, backbone
     params = _with_epochs(best)
     log(f"best trial {best.number}: val accuracy {best.value:.4f} {params}")
     summary["frozen_trial"] = best.number
+    t0 = time.time()
+    doubted, rows = label_audit.audit(params, datasets[params["backbone"]], storage.join(output, "label_issues.csv"))
+    summary["did"].append(f"label audit: {doubted} of {rows} train photos classified otherwise out of fold "
+                          "(label_issues.csv, most doubted first)")
+    phase("label_audit", t0)
     # Every backbone's best trial is fine-tuned, the cheapest first (the registry's order: lite0, lite1,
     # lite2; their input sizes are not in that order). Fine-tuning can reorder the backbones (on the
     # shared photos a fine-tuned lite0 beat a frozen lite2 by 2 points).
