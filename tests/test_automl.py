@@ -467,6 +467,32 @@ def compile_automl(tmp_path, *flags):
     return docs[0], (docs[1] if len(docs) > 1 else {})
 
 
+def test_automl_pipeline_search_step_writes_its_study_and_label_audit(run, tmp_path):
+    """The pipeline's search component, called as its container calls it (Optuna backend), on the run's records."""
+    from kfp import dsl
+
+    from flowers.pipeline import automl as automl_pipeline
+
+    records = {}
+    for split in ("train", "eval"):
+        folder = tmp_path / split
+        folder.mkdir()
+        for f in (run["out"] / "embeddings" / BACKBONE).glob(f"{split}[-.]*"):
+            os.symlink(f, folder / f.name.replace(split, "part", 1))
+        records[split] = dsl.Dataset(uri=str(folder))
+    study = dsl.Artifact(uri=str(tmp_path / "study"))
+    params = json.loads(automl_pipeline.search.python_func(
+        train_records=records["train"], eval_records=records["eval"], trials=2, search_minutes=10,
+        backend="optuna", study=study))
+    assert params["backbone"] == BACKBONE and {name for name, *_ in space.PARAMETERS} <= set(params)
+    with open(tmp_path / "study" / "trials.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    with open(tmp_path / "study" / "label_issues.csv") as f:
+        listed = list(csv.DictReader(f))
+    assert study.metadata["label_issues"] == len(listed) and study.metadata["backend"] == "optuna"
+    assert all(r["predicted"] != r["label"] for r in listed)
+
+
 def test_automl_pipeline_fine_tunes_on_a_gpu_and_deploys_through_the_gate(tmp_path):
     spec, platform = compile_automl(tmp_path, "--gpu-type", "nvidia-l4")
     assert spec["pipelineInfo"]["name"] == "flowers-automl"

@@ -18,17 +18,20 @@ from flowers.pipeline import wiring
 def search(train_records: Input[Dataset], eval_records: Input[Dataset], trials: int, search_minutes: float,
            backend: str, study: Output[Artifact]) -> str:
     """The head's search: a Katib Experiment when backend is katib (or auto inside a cluster),
-    else Optuna in this step (its study and trials.csv in `study`). Returns the best parameters (JSON)."""
+    else Optuna in this step (its study and trials.csv in `study`), then the label audit
+    (label_issues.csv in `study`). Returns the best parameters (JSON)."""
     import json
     import os
     import time
 
-    from flowers.automl import search as automl_search
+    from flowers.automl import label_audit, search as automl_search
     from flowers.core import storage
 
     use_katib = backend == "katib" or (backend == "auto" and "KUBERNETES_SERVICE_HOST" in os.environ)
     train_prefix, eval_prefix = (storage.join(a.path, "part") for a in (train_records, eval_records))
     meta_backbone = json.loads(storage.read_text(f"{train_prefix}.metadata.json"))["backbone"]
+    data = automl_search.load_embeddings(train_prefix, eval_prefix)
+    os.makedirs(study.path, exist_ok=True)
     if use_katib:
         from flowers.automl import katib
 
@@ -37,14 +40,13 @@ def search(train_records: Input[Dataset], eval_records: Input[Dataset], trials: 
         params, status = katib.run_experiment(body, timeout_s=int(search_minutes * 60))
         storage.write_text(storage.join(study.path, "katib_status.json"), json.dumps(status, indent=2))
     else:
-        data = automl_search.load_embeddings(train_prefix, eval_prefix)
-        os.makedirs(study.path, exist_ok=True)
         optuna_study = automl_search.open_study(os.path.join(study.path, "study.sqlite3"), resume=True)
         best = automl_search.search(optuna_study, {meta_backbone: data}, trials, time.time() + search_minutes * 60)
         automl_search.write_trials_csv(optuna_study, storage.join(study.path, "trials.csv"))
         params = dict(best.params, best_epoch=best.user_attrs["best_epoch"])
     params["backbone"] = meta_backbone
-    study.metadata.update({"backend": "katib" if use_katib else "optuna", **params})
+    doubted, _ = label_audit.audit(params, data, storage.join(study.path, "label_issues.csv"))
+    study.metadata.update({"backend": "katib" if use_katib else "optuna", "label_issues": doubted, **params})
     return json.dumps(params)
 
 
