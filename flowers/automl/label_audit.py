@@ -5,12 +5,9 @@ saw it. On the shared photos most of the most doubted rows are mislabelled or sh
 their class (docs/ACCURACY.md). Dropping them before training did not help there, so they are
 listed, not removed: the user decides.
 """
-import csv
-import io
-
 import numpy as np
 
-from flowers.core import storage
+from flowers.data import rows as rows_lib
 
 FOLDS = 3
 COLUMNS = ("uri", "label", "predicted", "label_score", "predicted_score")
@@ -33,9 +30,5 @@ def audit(params, data, path, folds=FOLDS):
 
     scores, targets = search.out_of_fold_scores(params, data, folds)  # rows: fit, then val
     rows = doubtful(data["fit"][0] + data["val"][0], scores, targets, data["labels"])
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    storage.write_text(path, buf.getvalue())
+    rows_lib.write_rows(path, [COLUMNS] + [[row[c] for c in COLUMNS] for row in rows])
     return len(rows), len(targets)

@@ -5,8 +5,6 @@ pruned trials are kept, a trial killed mid-way is marked failed (heartbeat) and 
 Trials are selected on a stratified validation slice of the TRAIN rows; the eval set is only
 reported (trials.csv `eval_accuracy`), never used to choose, so the figures stay honest.
 """
-import csv
-import io
 import time
 import warnings
 
@@ -17,7 +15,7 @@ import tensorflow as tf
 
 from flowers.automl import space
 from flowers.core import records, storage
-from flowers.data import importer
+from flowers.data import importer, rows as rows_lib
 from flowers.train import head as head_lib, inputs
 
 STUDY_NAME = "flowers-automl"
@@ -225,9 +223,7 @@ def write_trials_csv(study, path):
         lines.append([t.number, t.state.name, "" if t.value is None else round(t.value, 6),
                       _round(t.user_attrs.get("eval_accuracy")), t.user_attrs.get("best_epoch", ""),
                       _round(duration, 2)] + [t.params.get(k, "") for k in names])
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(lines)
-    storage.write_text(path, buf.getvalue())
+    rows_lib.write_rows(path, lines)
 
 
 def _round(value, digits=6):
