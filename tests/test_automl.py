@@ -217,6 +217,32 @@ def test_no_epoch_starts_after_the_deadline():
     assert model.stop_training and progress.stopped_by_deadline
 
 
+def test_early_stopping_counts_its_patience_from_when_the_schedule_has_cooled():
+    import keras
+
+    from flowers.automl import finetune
+
+    peak = 1e-3
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.AdamW(peak), loss="mse")
+    early = finetune.CooledEarlyStopping(peak, monitor="val_accuracy", mode="max", patience=2)
+    early.set_model(model)
+    early.on_train_begin()
+    early.on_epoch_end(0, {"val_accuracy": 0.9})
+    for epoch in range(1, 6):  # a plateau at the peak rate: no stop
+        early.on_epoch_end(epoch, {"val_accuracy": 0.8})
+        assert not model.stop_training
+    model.optimizer.learning_rate = 0.4 * peak  # cooled: patience counts from here, against the best (0.9)
+    early.on_epoch_end(6, {"val_accuracy": 0.8})
+    assert not model.stop_training
+    early.on_epoch_end(7, {"val_accuracy": 0.8})
+    assert model.stop_training and early.stopped_epoch == 7 and early.best == 0.9
+
+    model.stop_training, model.optimizer.learning_rate = True, peak  # the deadline stopped it: that stands
+    early.on_epoch_end(8, {"val_accuracy": 0.8})
+    assert model.stop_training
+
+
 def test_an_ensemble_serves_its_members_mean_scores(photos, tmp_path):
     """Each member gets THE image function's pixels at its own size; the signature returns the mean."""
     import keras
