@@ -190,7 +190,8 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
         dst.set_weights(src.get_weights())
     scores = keras.Sequential([backbone, head]).predict(val_ds.map(lambda x, y: x), verbose=0)  # cached pixels
     val_accuracy = search.accuracy(scores, data["val"][2])
-    stopped = "budget" if progress.stopped_by_deadline else ("early stopping" if early.stopped_epoch else "epochs")
+    early_stop = 0 < early.stopped_epoch < epochs - 1  # at the last epoch, the epochs ended it anyway
+    stopped = "budget" if progress.stopped_by_deadline else ("early stopping" if early_stop else "epochs")
     log(f"fine-tune: {epochs_run} epoch(s), stopped by {stopped}, val accuracy {val_accuracy:.4f}")
     return {"backbone": backbone, "head": head, "val_accuracy": val_accuracy, "val_scores": scores, "epochs": epochs_run,
             "stopped": stopped, "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
