@@ -366,6 +366,16 @@ def test_the_frozen_ensemble_replaces_the_best_head_only_when_it_wins_out_of_fol
     with pytest.raises(ValueError, match="train rows differ"):
         automl_run._frozen_ensemble([a, synthetic(b[1]["fit"][1][:100], labels[:100], "c")], single, {}, {"did": []})
 
+    # Out-of-fold scores already computed (the label audit's) stand in for those of the same parameters only.
+    targets = np.concatenate([a[1]["fit"][2], a[1]["val"][2]])
+    known = (np.roll(targets, 1, axis=1), targets)  # every row wrong
+    summary = {"did": []}
+    automl_run._frozen_ensemble([a, b], single, heads, summary, known_oof=(a[0], known))
+    assert summary["frozen_ensemble"]["cv_accuracy_single"] == 0.0
+    summary = {"did": []}
+    automl_run._frozen_ensemble([a, b], single, heads, summary, known_oof=(dict(a[0], other=1), known))
+    assert summary["frozen_ensemble"]["cv_accuracy_single"] > 0.5
+
 
 def test_backbones_take_turns_in_the_search_and_a_resumed_search_continues_the_turns(tmp_path):
     """A backbone of pure noise loses every trial to an informative one and still gets every other

@@ -24,11 +24,12 @@ def doubtful(uris, scores, targets, labels):
             for i in wrong[np.argsort(given[wrong], kind="stable")]]
 
 
-def audit(params, data, path, folds=FOLDS):
-    """Writes PATH (CSV, COLUMNS) for data's train rows (fit + val); returns (doubted rows, all rows)."""
+def audit(params, data, path, folds=FOLDS, oof=None):
+    """Writes PATH (CSV, COLUMNS) for data's train rows (fit + val); returns (doubted rows, all rows).
+    oof: search.out_of_fold_scores(params, data, folds), when the caller has it already."""
     from flowers.automl import search
 
-    scores, targets = search.out_of_fold_scores(params, data, folds)  # rows: fit, then val
+    scores, targets = oof if oof is not None else search.out_of_fold_scores(params, data, folds)  # fit, then val
     rows = doubtful(data["fit"][0] + data["val"][0], scores, targets, data["labels"])
     rows_lib.write_rows(path, [COLUMNS] + [[row[c] for c in COLUMNS] for row in rows])
     return len(rows), len(targets)

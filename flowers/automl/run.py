@@ -18,7 +18,7 @@ import sys
 import time
 
 from flowers import cli
-from flowers.automl import space
+from flowers.automl import label_audit, space
 from flowers.core import backbones, records, storage
 
 DEFAULT_BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")
@@ -27,7 +27,7 @@ TRIALS = 30
 SEARCH_SHARE = 0.3  # of the budget, when fine-tuning follows
 EXPORT_RESERVE = 0.08  # of the budget (at least EXPORT_RESERVE_MIN_S) kept for export + evaluation
 EXPORT_RESERVE_MIN_S = 45
-FROZEN_CV_FOLDS = 3  # out-of-fold check of the frozen-feature ensemble against the best trial's head
+FROZEN_CV_FOLDS = label_audit.FOLDS  # the frozen ensemble's check reuses the label audit's out-of-fold scores
 ENSEMBLE_SLACK_SE = 1.0  # the fine-tuned ensemble is kept unless it validates this many standard errors lower
 
 
@@ -64,7 +64,7 @@ def preprocess(data, output, backbone, log):
 def run(data_dir, output, budget_minutes=BUDGET_MINUTES, trials=TRIALS, backbone_names=DEFAULT_BACKBONES,
         fine_tune=True, resume=False, eval_fraction=0.1, seed=0, fine_tune_epochs=None, ensemble=True, log=_log):
     """The whole AutoML run; returns the summary (also in OUT/summary.json)."""
-    from flowers.automl import label_audit, search
+    from flowers.automl import search
 
     started = time.time()
     budget = budget_minutes * 60
@@ -95,7 +95,9 @@ def run(data_dir, output, budget_minutes=BUDGET_MINUTES, trials=TRIALS, backbone
     log(f"best trial {best.number}: val accuracy {best.value:.4f} {params}")
     summary["frozen_trial"] = best.number
     t0 = time.time()
-    doubted, rows = label_audit.audit(params, datasets[params["backbone"]], storage.join(output, "label_issues.csv"))
+    oof = search.out_of_fold_scores(params, datasets[params["backbone"]], label_audit.FOLDS)
+    doubted, rows = label_audit.audit(params, datasets[params["backbone"]], storage.join(output, "label_issues.csv"),
+                                      oof=oof)
     summary["did"].append(f"label audit: {doubted} of {rows} train photos classified otherwise out of fold "
                           "(label_issues.csv, most doubted first)")
     phase("label_audit", t0)
@@ -105,7 +107,8 @@ def run(data_dir, output, budget_minutes=BUDGET_MINUTES, trials=TRIALS, backbone
     per_backbone = search.best_per_backbone(study)
     tune = [(_with_epochs(per_backbone[name]), datasets[name])
             for name in sorted(per_backbone, key=list(backbones.BACKBONES).index)]
-    finish(params, datasets[params["backbone"]], output, end, fine_tune, fine_tune_epochs, summary, log, tune, ensemble)
+    finish(params, datasets[params["backbone"]], output, end, fine_tune, fine_tune_epochs, summary, log, tune, ensemble,
+           known_oof=(params, oof))
     summary["wall_time_s"] = round(time.time() - started, 1)
     storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
     log(f"winner: {summary['winner']['kind']} {summary['winner']['backbone']}, eval accuracy {summary['eval_accuracy']:.4f} "
@@ -120,7 +123,7 @@ def _with_epochs(trial):
 
 
 def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, summary=None, log=_log, tune=None,
-           ensemble=True):
+           ensemble=True, known_oof=None):
     """From the search's best parameters to OUT/model/<version>/ and its evaluation files.
 
     The frozen-feature candidate is the best trial's head retrained for its best number of epochs.
@@ -130,7 +133,8 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
     candidate replaces the chosen one only with a validation accuracy at least as good; the ensemble of
     the fine-tuned models (their mean scores, when ensemble is on) unless it validates worse beyond
     the slice's noise (see _ensemble). Eval accuracies
-    are reported, never used to choose.
+    are reported, never used to choose. known_oof: (params, out-of-fold (scores, targets)) already
+    computed (the label audit's), reused by the frozen ensemble's check.
     Also the AutoML pipeline's fine-tune step (flowers.pipeline.automl)."""
     from flowers.automl import finetune, search, winner
     from flowers.train import metrics
@@ -153,7 +157,7 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
     tune = tune or [(params, data)]
     heads = {p["backbone"]: head for p, _ in tune if p == params}  # each backbone's best head, frozen features
     if ensemble and len(tune) > 1:
-        chosen = _frozen_ensemble(tune, chosen, heads, summary, cross_validate=not fine_tune)
+        chosen = _frozen_ensemble(tune, chosen, heads, summary, cross_validate=not fine_tune, known_oof=known_oof)
     phase("frozen_candidate", t0)
 
     if fine_tune:
@@ -214,13 +218,14 @@ def _best_head(params, data):
     return search.train_head(params, data, epochs=params.get("best_epoch", space.EPOCHS))[0]
 
 
-def _frozen_ensemble(per_backbone, single, heads, summary, cross_validate=True):
+def _frozen_ensemble(per_backbone, single, heads, summary, cross_validate=True, known_oof=None):
     """Each backbone's best head on its frozen features, their mean scores as one more candidate.
 
     It replaces the single head when it classifies the train rows at least as well out of fold
     (FROZEN_CV_FOLDS heads per backbone): the validation slice picked the single head's parameters
     and epochs among many trials, so it flatters that head. Without cross_validate (fine-tuning
-    follows, and its models win by points) it is only reported. heads: {backbone: head}, filled here."""
+    follows, and its models win by points) it is only reported. heads: {backbone: head}, filled here.
+    known_oof: (params, (scores, targets)), used for the backbone whose best parameters they are."""
     import numpy as np
 
     from flowers.automl import search
@@ -243,7 +248,12 @@ def _frozen_ensemble(per_backbone, single, heads, summary, cross_validate=True):
     if not cross_validate:
         summary["did"].append(f"frozen ensemble of {' + '.join(names)}: reported only (fine-tuning follows)")
         return single
-    oof = {p["backbone"]: search.out_of_fold_scores(p, d, FROZEN_CV_FOLDS) for p, d in per_backbone}
+    def out_of_fold(p, d):
+        if known_oof is not None and known_oof[0] == p:
+            return known_oof[1]
+        return search.out_of_fold_scores(p, d, FROZEN_CV_FOLDS)
+
+    oof = {p["backbone"]: out_of_fold(p, d) for p, d in per_backbone}
     targets = next(iter(oof.values()))[1]
     figures["cv_accuracy_single"] = search.accuracy(oof[single["params"]["backbone"]][0], targets)
     figures["cv_accuracy"] = search.accuracy(np.mean([s for s, _ in oof.values()], axis=0), targets)
