@@ -103,7 +103,7 @@ class CooledEarlyStopping(keras.callbacks.EarlyStopping):
     """Early stopping whose patience counts only the epochs that end at a cooled rate (at most COOLED
     of its peak). A plateau at a high rate is no sign of the end: the low-rate epochs of a cosine
     schedule are where fine-tuning gains (on the shared photos plain early stopping ended lite2 at
-    epoch 6 of 12, at 0.6 of its peak rate, with 14 minutes of its budget unspent)."""
+    epoch 6 of 12, at 0.6 of its peak rate, with 13.5 minutes of its share unspent)."""
 
     def __init__(self, peak, **kwargs):
         super().__init__(**kwargs)
