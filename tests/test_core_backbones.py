@@ -37,6 +37,21 @@ def test_embedding_model_matches_registry(name):
     assert model.output_shape == (None, spec.embedding_size)
 
 
+# The embedding ends with the head's pooled features (the logits' input) after the pooled outputs of
+# the last stages: the ImageNet classifier applied to its last 1280 values gives the port's logits.
+def test_embedding_ends_with_the_features_the_imagenet_classifier_reads(photos):
+    name = "efficientnet_lite0"
+    spec = backbones.get(name)
+    x = np.stack([images.load_image(open(photos[label][0], "rb").read(), spec.image_size) for label in sorted(photos)])
+    embedding = backbones.load(name).predict(x, verbose=0)
+    full = backbones.load(name, include_top=True)
+    kernel, bias = full.get_layer("logits").get_weights()
+    np.testing.assert_allclose(embedding[:, -1280:] @ kernel + bias, full.predict(x, verbose=0), atol=1e-3, rtol=0)
+    stages = embedding[:, :-1280]
+    assert stages.shape[1] == spec.embedding_size - 1280 == 80 + 112 + 192 + 320
+    assert stages.std(axis=0).mean() > 0.01  # pooled features that vary from photo to photo
+
+
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown backbone 'resnet9'"):
         backbones.get("resnet9")

@@ -82,7 +82,7 @@ def test_exit_code_and_metadata(run):
     for split, n_good, n_bad in (("train", len(run["good"]), len(run["bad"])), ("eval", 2, 0)):
         meta = records.read_metadata(run[split])
         assert meta["backbone"] == BACKBONE
-        assert meta["image_size"] == backbones.get(BACKBONE).image_size and meta["embedding_size"] == 1280
+        assert meta["image_size"] == backbones.get(BACKBONE).image_size and meta["embedding_size"] == 1984
         assert meta["labels"] == LABELS
         assert meta["beam_version"] == "2.77.0"
         assert meta["input_path"] == str(run["tmp"] / f"{split}.csv")

