@@ -89,8 +89,8 @@ def build(name, image_size, include_top=False, fold_bn=True):
     The features: each of the last POOLED_STAGES stages' output and the head's, average-pooled and
     concatenated in that order (the head's last: the logits' input). Mid-level features (texture,
     colour) help a head on frozen features: on 5 stratified 10 % splits of the shared photos, a fixed
-    head held out 95.1 % (lite0, 288 px) and 94.3 % (lite2) against 93.7 and 93.0 % on the head's
-    features alone, better on 9 of the 10 split-backbone pairs and level on the tenth.
+    head held out 95.0 % (lite0, 288 px) and 94.8 % (lite2) against 94.2 and 93.4 % on the head's
+    features alone, better on 8 of the 10 split-backbone pairs, level on 2 (bench/frozen_features.py).
     fold_bn=False keeps separate BatchNormalization layers (the reference the folded model is tested against)."""
     sd = load_state_dict(weights_path(name))
     inputs = keras.Input((image_size, image_size, 3), name="image")
