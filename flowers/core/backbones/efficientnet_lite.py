@@ -105,7 +105,7 @@ def build(name, image_size, include_top=False, fold_bn=True):
         first_in_stage = out_channels != channels
         if first_in_stage:
             stage += 1
-            stage_outputs.append(x)  # (the previous stage's output; the stem's, at first)
+            stage_outputs.append(x)  # the previous stage's output (the stem's, at first)
         stride = STAGE_STRIDES[stage] if first_in_stage else 1
         block_in = x
         if f"{p}._expand_conv.weight" in sd:
@@ -125,6 +125,7 @@ def build(name, image_size, include_top=False, fold_bn=True):
         x = fc(x)
         fc.set_weights([sd["_fc.weight"].T, sd["_fc.bias"]])
         return keras.Model(inputs, x, name=name)
-    pooled = [keras.layers.GlobalAveragePooling2D(name=f"stage{i + 1}_pool")(out)
-              for i, out in enumerate(stage_outputs[1:]) if i >= len(STAGE_STRIDES) - POOLED_STAGES]
+    first = len(stage_outputs) - POOLED_STAGES  # stage_outputs[s]: stage s's output (0: the stem's)
+    pooled = [keras.layers.GlobalAveragePooling2D(name=f"stage{s}_pool")(stage_outputs[s])
+              for s in range(first, len(stage_outputs))]
     return keras.Model(inputs, keras.layers.Concatenate(name="embedding")(pooled + [x]), name=name)
