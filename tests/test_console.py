@@ -232,12 +232,15 @@ def test_evaluate_confusion_matrix_gallery_and_threshold(page, stack, tmp_path):
         images.first.scroll_into_view_if_needed()
         page.wait_for_function("() => document.querySelector('#gallery-photos img').naturalWidth > 0")
     page.screenshot(path=str(tmp_path / "evaluate.png"), full_page=True)
-    # At threshold 1 no prediction is kept: precision and recall drop to 0 everywhere.
+    # At threshold 1 only saturated scores (1.0 in float32) are kept; recall counts the rest as missed.
     before = page.locator("#per-class .recall").all_inner_texts()
     assert before == [f"{expected['per_class'][l]['recall']:.3f}" for l in labels]
     page.locator("#threshold").fill("1")
-    expect(page.locator("#per-class .recall")).to_have_text(["0.000"] * len(labels))
-    expect(page.locator("#eval-kept")).to_have_text(re.compile(r"^0 of"))
+    sure = [r for r in stack["rows"] if max(r["scores"]) >= 1.0]
+    recall_at_1 = [sum(r["predicted"] == l for r in sure if l in r["labels"]) / sum(l in r["labels"] for r in stack["rows"])
+                   for l in labels]
+    expect(page.locator("#per-class .recall")).to_have_text([f"{r:.3f}" for r in recall_at_1])
+    expect(page.locator("#eval-kept")).to_have_text(re.compile(rf"^{len(sure)} of"))
     # The canary's evaluation is there too.
     page.select_option("#eval-version", "2")
     page.wait_for_function("() => document.querySelector('#eval-summary').textContent.startsWith('Version 2')")
