@@ -182,6 +182,27 @@ def test_fine_tuning_sees_the_served_pixels(photos):
     assert 0 <= float(np.min(train)) and float(np.max(train)) <= 255
 
 
+def test_the_fine_tuned_backbone_gives_the_features_its_first_head_learnt(photos):
+    """Fine-tuning reads the Lite head's features alone; its first head is trained on the search's
+    embeddings cut to the same values (tuned_model.head_features_data): the last 1280, in order."""
+    from flowers.automl import tuned_model
+
+    name = "efficientnet_lite0"
+    size = backbones.get(name).image_size
+    x = np.stack([images.load_image(open(photos[c][0], "rb").read(), size) for c in CLASSES[:2]])
+    embedding = backbones.load(name).predict(x, verbose=0)
+    params = {"hidden_units": 8, "dropout": 0.1, "weight_decay": 0.0, "label_smoothing": 0.0}
+    _, backbone, head = tuned_model.build(name, params, None, len(CLASSES))
+    features = backbone.predict(x, verbose=0)
+    assert features.shape == (2, tuned_model.HEAD_FEATURES) and head.input_shape == (None, tuned_model.HEAD_FEATURES)
+    split = ([], embedding, np.eye(2, dtype=np.float32))
+    data = {"backbone": name, "embedding_size": embedding.shape[1], "fit": split, "val": split, "eval": split}
+    cut = tuned_model.head_features_data(data)
+    assert cut["embedding_size"] == tuned_model.HEAD_FEATURES
+    np.testing.assert_allclose(cut["fit"][1], features, rtol=1e-4, atol=1e-4)
+    assert embedding.shape[1] > tuned_model.HEAD_FEATURES  # the pooled stages are there to cut away
+
+
 @pytest.mark.parametrize("seconds_left", [3600, 0.01])
 def test_the_learning_rate_decays_to_zero_by_the_last_step_or_the_deadline(seconds_left):
     import keras

@@ -136,7 +136,7 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
     are reported, never used to choose. known_oof: (params, out-of-fold (scores, targets)) already
     computed (the label audit's), reused by the frozen ensemble's check.
     Also the AutoML pipeline's fine-tune step (flowers.pipeline.automl)."""
-    from flowers.automl import finetune, search, winner
+    from flowers.automl import finetune, search, tuned_model, winner
     from flowers.train import metrics
 
     summary = {"phases": {}, "did": []} if summary is None else summary
@@ -167,7 +167,7 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
         for i, (tune_params, tune_data) in enumerate(tune):
             name = tune_params["backbone"]
             share_end = time.time() + (end - time.time()) / (len(tune) - i)  # the time left, shared
-            start_head = heads.get(name) or _best_head(tune_params, tune_data)
+            start_head = _best_head(tune_params, tuned_model.head_features_data(tune_data))
             log(f"fine-tune {name} ({i + 1} of {len(tune)}), until {time.strftime('%H:%M', time.localtime(share_end))}")
             tuned = finetune.fine_tune(tune_data, tune_params, start_head.get_weights(),
                                        storage.join(output, "finetune", name), share_end, log=log, **kwargs)
