@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from flowers.automl import search, space  # noqa: E402
+from flowers.automl import search, space, tuned_model  # noqa: E402
 from flowers.core import backbones, images  # noqa: E402
 from flowers.data import importer  # noqa: E402
 
@@ -27,7 +27,7 @@ PHOTOS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "
 HEAD = dict(learning_rate=1e-3, weight_decay=1e-4, dropout=0.5, label_smoothing=0.1, hidden_units=512, batch_size=64)
 EPOCHS = 30
 HEAD_SEEDS = (0, 1)
-HEAD_ONLY = 1280  # the head's pooled features: the embedding's last values
+HEAD_ONLY = tuned_model.HEAD_FEATURES  # the head's pooled features: the embedding's last values
 
 
 def embed(name, paths):

@@ -20,16 +20,21 @@ def head_features(backbone):
     avg_pool layer). Fine-tuning reads only these: with the pooled stages too, the winners of 4 default
     runs on the shared photos scored 14 photos fewer held out in all (docs/ACCURACY.md). Other
     backbones' embeddings are those features already."""
-    if "avg_pool" not in [layer.name for layer in backbone.layers]:
+    if not _cut(backbone.name):
         return backbone
     return keras.Model(backbone.inputs, backbone.get_layer("avg_pool").output, name=backbone.name)
 
 
 def head_features_data(data):
     """Search data (embeddings) cut to what head_features gives, to train the fine-tune's first head."""
-    size = HEAD_FEATURES if data["backbone"].startswith("efficientnet_lite") else data["embedding_size"]
+    size = HEAD_FEATURES if _cut(data["backbone"]) else data["embedding_size"]
     cut = {split: (data[split][0], data[split][1][:, -size:], data[split][2]) for split in ("fit", "val", "eval")}
     return {**data, **cut, "embedding_size": size}
+
+
+def _cut(backbone_name):
+    """Whether BACKBONE_NAME's embedding holds more than its head's features (the Lite family's does)."""
+    return backbone_name.startswith("efficientnet_lite")
 
 
 def build(backbone_name, head_params, head_weights, n_labels):
