@@ -17,9 +17,9 @@ def crop_size(size):
 
 def head_features(backbone):
     """The backbone's own head's pooled features alone: a Lite embedding's last 1280 values (its
-    avg_pool layer). Fine-tuning reads only these: with the pooled stages too, the winners of 4 default
-    runs on the shared photos scored 14 photos fewer held out in all (docs/ACCURACY.md). Other
-    backbones' embeddings are those features already."""
+    avg_pool layer). Fine-tuning reads only these; with the pooled stages as well, three default runs'
+    winners on the shared photos scored level (docs/ACCURACY.md), and this backbone skips 4 pooling
+    ops. Other backbones' embeddings are those features already."""
     if not _cut(backbone.name):
         return backbone
     return keras.Model(backbone.inputs, backbone.get_layer("avg_pool").output, name=backbone.name)
