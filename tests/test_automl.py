@@ -104,9 +104,23 @@ def test_summary_says_what_it_had_time_for(run):
     summary = json.loads((run["out"] / "summary.json").read_text())
     assert summary["did"][0] == f"search: {TRIALS} of {TRIALS} trials finished"
     assert summary["did"][1].startswith("label audit: ")
-    assert summary["did"][2].startswith(f"fine-tune {BACKBONE}: ")
+    assert summary["did"][2] == f"head-features search: {TRIALS} of {TRIALS} trials finished"
+    assert summary["did"][3].startswith(f"fine-tune {BACKBONE}: ")
     assert summary["winner"]["kind"] in ("frozen", "fine-tuned")
     assert "had time for: search" in run["log"]
+
+
+def test_fine_tuning_starts_from_the_best_head_on_the_features_it_reads(run):
+    """Its own search (on a Lite embedding's last 1280 values), not the frozen search's best head."""
+    from flowers.automl import search
+
+    study = search.open_study(str(run["out"] / "study_finetune.sqlite3"), resume=True)
+    best = search.best_per_backbone(study)[BACKBONE]
+    summary = json.loads((run["out"] / "summary.json").read_text())
+    assert summary["fine_tune"][BACKBONE]["head_params"] == dict(best.params, best_epoch=best.user_attrs["best_epoch"])
+    with open(run["out"] / "trials_finetune.csv") as f:
+        assert len(list(csv.DictReader(f))) == TRIALS
+    assert "head features: trial " in run["log"]
 
 
 def test_the_label_audit_lists_a_planted_wrong_label_among_the_doubted(run, photos, tmp_path):

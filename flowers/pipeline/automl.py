@@ -51,11 +51,13 @@ def search(train_records: Input[Dataset], eval_records: Input[Dataset], trials: 
 
 
 @dsl.component(base_image=containers.image("train"), install_kfp_package=False)
-def fine_tune(train_records: Input[Dataset], eval_records: Input[Dataset], params: str, fine_tune_minutes: float,
-              fine_tune_epochs: int, model: Output[Model]):
-    """Fine-tune the winner on images and export it under <model>/model/<version>/ with metrics.json
-    and eval_predictions.jsonl (what the gate and deploy read)."""
+def fine_tune(train_records: Input[Dataset], eval_records: Input[Dataset], params: str, trials: int,
+              fine_tune_minutes: float, fine_tune_epochs: int, model: Output[Model]):
+    """Fine-tune the winner on images (its first head searched here, Optuna, on the features
+    fine-tuning reads) and export it under <model>/model/<version>/ with metrics.json and
+    eval_predictions.jsonl (what the gate and deploy read)."""
     import json
+    import tempfile
     import time
 
     from flowers.automl import run, search as automl_search
@@ -64,7 +66,8 @@ def fine_tune(train_records: Input[Dataset], eval_records: Input[Dataset], param
     data = automl_search.load_embeddings(storage.join(train_records.path, "part"),
                                          storage.join(eval_records.path, "part"))
     summary = run.finish(json.loads(params), data, model.path, time.time() + fine_tune_minutes * 60,
-                         fine_tune=fine_tune_epochs > 0, fine_tune_epochs=fine_tune_epochs or None)
+                         fine_tune=fine_tune_epochs > 0, fine_tune_epochs=fine_tune_epochs or None, trials=trials,
+                         study_path=f"{tempfile.mkdtemp()}/{run.FINETUNE_STUDY}")  # SQLite: not on a bucket mount
     model.metadata.update({"export_path": summary["export_path"], "accuracy": summary["eval_accuracy"],
                            "kind": summary["winner"]["kind"]})
 
@@ -99,7 +102,7 @@ def build_pipeline(use_gpu=True, gpu_type=GPU_TYPE, gpu_count=1):
                        trials=trials, search_minutes=search_minutes, backend=search_backend)
         found.set_display_name("Search (Katib / Optuna)")
         tuned = fine_tune(train_records=pre.outputs["train_records"], eval_records=pre.outputs["eval_records"],
-                          params=found.outputs["Output"], fine_tune_minutes=fine_tune_minutes,
+                          params=found.outputs["Output"], trials=trials, fine_tune_minutes=fine_tune_minutes,
                           fine_tune_epochs=fine_tune_epochs)
         tuned.set_display_name("Fine-tune + export")
         if use_gpu:
