@@ -165,7 +165,8 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
 
     if fine_tune:
         t0 = time.time()
-        start_params = _search_head_features(tune, output, study_path or storage.join(output, FINETUNE_STUDY), trials,
+        cut = {p["backbone"]: tuned_model.head_features_data(d) for p, d in tune}  # what fine-tuning reads
+        start_params = _search_head_features(cut, output, study_path or storage.join(output, FINETUNE_STUDY), trials,
                                              resume, time.time() + SEARCH_SHARE * (end - time.time()), summary, log)
         phase("finetune_search", t0)
         t0 = time.time()
@@ -175,7 +176,7 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
             name = tune_params["backbone"]
             tune_params = start_params.get(name, tune_params)  # the frozen search's, if none finished
             share_end = time.time() + (end - time.time()) / (len(tune) - i)  # the time left, shared
-            start_head = _best_head(tune_params, tuned_model.head_features_data(tune_data))
+            start_head = _best_head(tune_params, cut[name])
             log(f"fine-tune {name} ({i + 1} of {len(tune)}), until {time.strftime('%H:%M', time.localtime(share_end))}")
             tuned = finetune.fine_tune(tune_data, tune_params, start_head.get_weights(),
                                        storage.join(output, "finetune", name), share_end, log=log, **kwargs)
@@ -221,15 +222,14 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
     return summary
 
 
-def _search_head_features(tune, output, study_path, trials, resume, deadline, summary, log):
-    """{backbone: best params} of a second search, on the head's features alone: what fine-tuning
+def _search_head_features(cut, output, study_path, trials, resume, deadline, summary, log):
+    """{backbone: best params} of a second search on CUT ({backbone: data}), the head's features alone: what fine-tuning
     reads (tuned_model.head_features), so its first head is chosen for those inputs, not for the
     pooled stages: on two default runs the winners scored 5 and 1 photos more held out than when
     fine-tuned from the frozen search's heads (docs/ACCURACY.md)."""
-    from flowers.automl import search, tuned_model
+    from flowers.automl import search
 
     study = search.open_study(study_path, resume)
-    cut = {p["backbone"]: tuned_model.head_features_data(d) for p, d in tune}
     search.search(study, cut, trials, deadline, lambda msg: log(f"head features: {msg}"))
     search.write_trials_csv(study, storage.join(output, FINETUNE_TRIALS))
     summary["did"].append(f"head-features search: {search.finished(study)} of {trials} trials finished")
