@@ -225,8 +225,8 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
 def _search_head_features(cut, output, study_path, trials, resume, deadline, summary, log):
     """{backbone: best params} of a second search on CUT ({backbone: data}), the head's features alone: what fine-tuning
     reads (tuned_model.head_features), so its first head is chosen for those inputs, not for the
-    pooled stages: on two default runs the winners scored 5 and 1 photos more held out than when
-    fine-tuned from the frozen search's heads (docs/ACCURACY.md)."""
+    pooled stages. Against fine-tuning from the frozen search's heads, four default runs' winners
+    scored +5, +1, -1 and -1 photos held out: beyond the noise on one split (docs/ACCURACY.md)."""
     from flowers.automl import search
 
     study = search.open_study(study_path, resume)
