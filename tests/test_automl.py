@@ -217,6 +217,27 @@ def test_the_fine_tuned_backbone_gives_the_features_its_first_head_learnt(photos
     assert embedding.shape[1] > tuned_model.HEAD_FEATURES  # the pooled stages are there to cut away
 
 
+def test_fine_tuning_leaves_the_stem_and_first_stages_as_pretrained(photos):
+    """The stem and lite0's first FROZEN_STAGES stages (16, 24, 40 channels: blocks 0 to 4) keep their
+    ImageNet weights through a training step on real photos; every later layer learns."""
+    from flowers.automl import tuned_model
+
+    name = "efficientnet_lite0"
+    size = backbones.get(name).image_size
+    x = np.stack([images.load_image(open(photos[c][0], "rb").read(), size) for c in CLASSES])
+    params = {"hidden_units": 8, "dropout": 0.0, "weight_decay": 0.0, "label_smoothing": 0.0}
+    model, backbone, _ = tuned_model.build(name, params, None, len(CLASSES))
+    layers = [layer for layer in backbone.layers if layer.weights]
+    before = {layer.name: layer.get_weights() for layer in layers}
+    model.optimizer.learning_rate = 1e-3  # flowers.automl.finetune.BudgetSchedule sets it in a real run
+    model.fit(x, np.eye(len(CLASSES), dtype=np.float32), batch_size=len(CLASSES), epochs=1, verbose=0)
+    frozen = [layer.name for layer in layers if not layer.trainable]
+    assert frozen[0] == "stem" and frozen[-1] == "block4_project"
+    for layer in layers:
+        unchanged = all(np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
+        assert unchanged == (layer.name in frozen), layer.name
+
+
 @pytest.mark.parametrize("seconds_left", [3600, 0.01])
 def test_the_learning_rate_decays_to_zero_by_the_last_step_or_the_deadline(seconds_left):
     import keras
