@@ -4,6 +4,7 @@ backend (bench/finetune.py times it on a GPU machine that has JAX or PyTorch and
 import keras
 
 from flowers.core import backbones
+from flowers.core.backbones import efficientnet_lite
 from flowers.train import head as head_lib
 
 CROP_SCALE = 1.15  # served side / training window side
@@ -30,17 +31,8 @@ def freeze_early_stages(backbone, stages=FROZEN_STAGES):
     """Marks the stem and the first STAGES stages of a Lite backbone untrainable: generic edges and
     colours, a small share of the weights, a large share of the backward pass's work (high resolution). Epochs
     ran 26 to 42 % shorter; held out, lite0 scored +1, +2 and -4 photos on three splits, seed 3's
-    winner the same (docs/ACCURACY.md): level, not a gain. A stage is a run of blocks with the same output channels."""
-    stage_of, stage, channels = {}, -1, None
-    for layer in backbone.layers:
-        if layer.name.startswith("block") and layer.name.endswith("_project"):
-            if layer.filters != channels:
-                stage, channels = stage + 1, layer.filters
-            stage_of[layer.name.split("_")[0]] = stage
-    for layer in backbone.layers:
-        if layer.name.startswith("stem") or stage_of.get(layer.name.split("_")[0], stages) < stages:
-            layer.trainable = False
-    return backbone
+    winner the same (docs/ACCURACY.md): level, not a gain."""
+    return efficientnet_lite.freeze_stages(backbone, stages)
 
 
 def head_features_data(data):

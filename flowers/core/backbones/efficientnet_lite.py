@@ -84,6 +84,24 @@ def _conv_bn(x, sd, prefix, bn_prefix, name, stride=1, depthwise=False, act=True
     return keras.layers.ReLU(6.0, name=f"{name}_relu6")(x) if act else x
 
 
+def block_stages(out_channels):
+    """Each block's stage, from the blocks' output channels: a stage is a run of blocks with the same."""
+    stages = []
+    for i, channels in enumerate(out_channels):
+        stages.append(0 if i == 0 else stages[-1] + (channels != out_channels[i - 1]))
+    return stages
+
+
+def freeze_stages(model, stages):
+    """Marks the stem and the blocks of the first STAGES stages of a model from `build` untrainable."""
+    projects = [layer for layer in model.layers if layer.name.startswith("block") and layer.name.endswith("_project")]
+    stage_of = dict(zip((layer.name.split("_")[0] for layer in projects), block_stages([p.filters for p in projects])))
+    for layer in model.layers:
+        if layer.name.startswith("stem") or stage_of.get(layer.name.split("_")[0], stages) < stages:
+            layer.trainable = False
+    return model
+
+
 def build(name, image_size, include_top=False, fold_bn=True):
     """Keras model: float image in [0, 255], (N, S, S, 3) -> pooled features or 1000 logits.
     The features: each of the last POOLED_STAGES stages' output and the head's, average-pooled and
@@ -98,13 +116,12 @@ def build(name, image_size, include_top=False, fold_bn=True):
     x = _conv_bn(x, sd, "_conv_stem", "_bn0", "stem", stride=2, fold_bn=fold_bn)
 
     n_blocks = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("_blocks."))
-    stage, channels, stage_outputs = -1, None, []
-    for i in range(n_blocks):
+    stage_of = block_stages([sd[f"_blocks.{i}._project_conv.weight"].shape[0] for i in range(n_blocks)])
+    stage_outputs = []
+    for i, stage in enumerate(stage_of):
         p = f"_blocks.{i}"
-        out_channels = sd[f"{p}._project_conv.weight"].shape[0]
-        first_in_stage = out_channels != channels
+        first_in_stage = i == 0 or stage != stage_of[i - 1]
         if first_in_stage:
-            stage += 1
             stage_outputs.append(x)  # the previous stage's output (the stem's, at first)
         stride = STAGE_STRIDES[stage] if first_in_stage else 1
         block_in = x
@@ -115,7 +132,6 @@ def build(name, image_size, include_top=False, fold_bn=True):
         x = _conv_bn(x, sd, f"{p}._project_conv", f"{p}._bn2", f"block{i}_project", act=False, fold_bn=fold_bn)
         if not first_in_stage:  # identity skip inside a stage
             x = keras.layers.Add(name=f"block{i}_add")([block_in, x])
-        channels = out_channels
     stage_outputs.append(x)
 
     x = _conv_bn(x, sd, "_conv_head", "_bn1", "head", fold_bn=fold_bn)
