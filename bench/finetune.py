@@ -2,7 +2,8 @@
 backbone's embedding (preprocessing's model), in images/s.
 
     .venv/bin/python bench/finetune.py [--backbones efficientnet_lite0,efficientnet_lite2]
-        [--batch_sizes 32,128] [--precisions float32,mixed_bfloat16] [--steps 10] [--json FILE]
+        [--batch_sizes 32,128] [--precisions float32,mixed_bfloat16] [--frozen_stages 3,0] [--steps 10]
+        [--json FILE]
 
 The model is flowers.automl.tuned_model's (backbone + head, AdamW, label smoothing), fed random
 pixels at the training window's size (tuned_model.crop_size of the served size): this measures the
@@ -10,7 +11,8 @@ model and the device, not decoding (bench/preprocess.py measures that). It runs 
 (KERAS_BACKEND): TensorFlow here; JAX or PyTorch on a GPU machine that has no TensorFlow.
 Each figure is the median of three timings of --steps steps, after two warm-up steps (compilation).
 It also prints what a default `flowers automl` fine-tune on the shared photos costs at that rate:
---epochs x (--fit_photos trained + --val_photos validated).
+--epochs x (--fit_photos trained + --val_photos validated), and with several --frozen_stages each
+one's training rate over the first's (measured side by side, in this run).
 """
 import argparse
 import json
@@ -46,7 +48,7 @@ def timed(step, steps):
     return statistics.median(runs)
 
 
-def measure(name, batch_size, precision, steps):
+def measure(name, batch_size, precision, frozen_stages, steps):
     """{"train": images/s of fine-tuning steps, "embed": images/s of the frozen backbone at the served size}."""
     keras.mixed_precision.set_global_policy(precision)
     try:
@@ -55,7 +57,7 @@ def measure(name, batch_size, precision, steps):
         window = tuned_model.crop_size(size)
         x = rng.uniform(0, 255, (batch_size, window, window, 3)).astype("float32")
         y = np.eye(N_LABELS, dtype="float32")[rng.integers(0, N_LABELS, batch_size)]
-        model, _, _ = tuned_model.build(name, HEAD, None, N_LABELS)
+        model, _, _ = tuned_model.build(name, HEAD, None, N_LABELS, frozen_stages)
         model.optimizer.learning_rate = 1e-4
         train = timed(lambda: model.train_on_batch(x, y), steps)
         frozen = backbones.load(name)
@@ -84,6 +86,8 @@ def main():
     parser.add_argument("--backbones", default="efficientnet_lite0,efficientnet_lite2")
     parser.add_argument("--batch_sizes", default="32,128", help="32 is flowers.automl.finetune's")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
+    parser.add_argument("--frozen_stages", default=f"{tuned_model.FROZEN_STAGES},0",
+                        help=f"Lite stages kept pretrained; {tuned_model.FROZEN_STAGES} is fine-tuning's, 0 trains all")
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--epochs", type=int, default=12, help="flowers.automl.finetune.EPOCHS")
     parser.add_argument("--fit_photos", type=int, default=2509, help="the shared photos' fit slice")
@@ -92,19 +96,23 @@ def main():
     args = parser.parse_args()
     found = devices()
     print(f"Keras {keras.__version__}, backend {keras.backend.backend()}, devices {found}", flush=True)
-    print(f"{'backbone':<20} {'batch':>5} {'precision':<15} {'train img/s':>11} {'embed img/s':>11} "
-          f"{'fine-tune s':>11}", flush=True)
+    print(f"{'backbone':<20} {'batch':>5} {'precision':<15} {'frozen':>6} {'train img/s':>11} {'x first':>7} "
+          f"{'embed img/s':>11} {'fine-tune s':>11}", flush=True)
     rows = []
     for name in args.backbones.split(","):
         for batch_size in map(int, args.batch_sizes.split(",")):
             for precision in args.precisions.split(","):
-                row = {"backbone": name, "batch_size": batch_size, "precision": precision,
-                       **measure(name, batch_size, precision, args.steps)}
-                # A default fine-tune: every epoch trains the fit slice and validates the val slice.
-                row["fine_tune_s"] = args.epochs * (args.fit_photos / row["train"] + args.val_photos / row["embed"])
-                rows.append(row)
-                print(f"{name:<20} {batch_size:>5} {precision:<15} {row['train']:>11.1f} {row['embed']:>11.1f} "
-                      f"{row['fine_tune_s']:>11.0f}", flush=True)
+                first = None
+                for frozen in map(int, args.frozen_stages.split(",")):
+                    row = {"backbone": name, "batch_size": batch_size, "precision": precision, "frozen_stages": frozen,
+                           **measure(name, batch_size, precision, frozen, args.steps)}
+                    first = first or row["train"]
+                    row["train_ratio"] = row["train"] / first
+                    # A default fine-tune: every epoch trains the fit slice and validates the val slice.
+                    row["fine_tune_s"] = args.epochs * (args.fit_photos / row["train"] + args.val_photos / row["embed"])
+                    rows.append(row)
+                    print(f"{name:<20} {batch_size:>5} {precision:<15} {frozen:>6} {row['train']:>11.1f} "
+                          f"{row['train_ratio']:>7.2f} {row['embed']:>11.1f} {row['fine_tune_s']:>11.0f}", flush=True)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"backend": keras.backend.backend(), "devices": found,
                                                        "rows": rows}, indent=1))

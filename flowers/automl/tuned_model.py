@@ -47,11 +47,11 @@ def _cut(backbone_name):
     return backbone_name.startswith("efficientnet_lite")
 
 
-def build(backbone_name, head_params, head_weights, n_labels):
-    """Backbone (trainable past its early stages, inference-mode BN, its head's features) -> head
-    initialised from HEAD_WEIGHTS (None: fresh)."""
+def build(backbone_name, head_params, head_weights, n_labels, frozen_stages=FROZEN_STAGES):
+    """Backbone (trainable past its first FROZEN_STAGES stages, inference-mode BN, its head's features)
+    -> head initialised from HEAD_WEIGHTS (None: fresh)."""
     backbone = backbones.load(backbone_name, any_size=True)  # training windows, served images
-    backbone = head_features(freeze_early_stages(backbone) if _cut(backbone_name) else backbone)
+    backbone = head_features(freeze_early_stages(backbone, frozen_stages) if _cut(backbone_name) else backbone)
     head = head_lib.build_head(backbone.output.shape[-1], n_labels, head_params["hidden_units"],
                                head_params["dropout"])
     if head_weights is not None:
