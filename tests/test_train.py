@@ -3,6 +3,7 @@ and no skew between the exported model and the head on preprocessed embeddings."
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,6 +93,21 @@ def test_killed_run_resumes_from_its_backup(resumed):
     restarted = sorted(scalars(resumed["output"], "validation", "evaluation_loss_vs_iterations", newest_only=True))
     assert restarted == list(range(saved + EVAL_EVERY, MAX_STEPS + 1, EVAL_EVERY))
     assert backup_step(resumed["output"]) == MAX_STEPS
+
+
+def test_backup_torn_by_a_kill_resumes_from_the_one_before(embedded, resumed, tmp_path):
+    """A kill while the weights are written leaves a torn file: the run resumes from the previous backup
+    (BackupAndRestore's double_checkpoint) instead of failing to load it."""
+    output = tmp_path / "run"
+    shutil.copytree(resumed["output"], output)
+    weights = output / "checkpoints" / "latest.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:4096])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    again = subprocess.run(cli(embedded, output), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from step {MAX_STEPS - EVAL_EVERY} " in again.stdout
+    assert json.loads((output / "metrics.json").read_text())["steps"] == MAX_STEPS
+    assert backup_step(output) == MAX_STEPS
 
 
 def test_history_covers_the_whole_run_and_matches_tensorboard(resumed):

@@ -172,7 +172,8 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
     progress = Progress(epochs, steps, deadline, log)
     early = CooledEarlyStopping(learning_rate, monitor="val_accuracy", mode="max", patience=PATIENCE)
     callbacks = [
-        keras.callbacks.BackupAndRestore(storage.join(workdir, "backup")),  # resume after a kill
+        # Resume after a kill; a kill while it writes leaves the previous epoch's backup (as flowers.train).
+        keras.callbacks.BackupAndRestore(storage.join(workdir, "backup"), double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True,
                                         save_weights_only=True),
         early,
