@@ -21,6 +21,7 @@ from flowers.train.head import build_head, compile_head, hit
 
 BACKBONE = "efficientnet_lite0"
 MAX_STEPS, EVAL_EVERY = 400, 20
+QUIET_TF = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")  # env of the CLI runs this file starts
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,7 @@ def backup_step(output):
 def resumed(embedded, tmp_path_factory):
     """A CLI run SIGKILLed once its first backup exists, then started again with the same dir."""
     output = tmp_path_factory.mktemp("run")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    first = subprocess.Popen(cli(embedded, output), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(cli(embedded, output), env=QUIET_TF, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not backup_step(output) and first.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -71,7 +71,7 @@ def resumed(embedded, tmp_path_factory):
     assert first.returncode == -signal.SIGKILL, "the first run ended before it could be killed"
     saved = backup_step(output)
     assert saved, "no backup before the kill"
-    second = subprocess.run(cli(embedded, output), env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(cli(embedded, output), env=QUIET_TF, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     return {"output": output, "saved_step": saved, "stdout": second.stdout,
             "metrics": json.loads((output / "metrics.json").read_text())}
@@ -102,8 +102,7 @@ def test_backup_torn_by_a_kill_resumes_from_the_one_before(embedded, resumed, tm
     shutil.copytree(resumed["output"], output)
     weights = output / "checkpoints" / "latest.weights.h5"
     weights.write_bytes(weights.read_bytes()[:4096])
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    again = subprocess.run(cli(embedded, output), env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cli(embedded, output), env=QUIET_TF, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from step {MAX_STEPS - EVAL_EVERY} " in again.stdout
     assert json.loads((output / "metrics.json").read_text())["steps"] == MAX_STEPS
@@ -225,7 +224,7 @@ def test_comma_separated_patterns_train_on_every_match(embedded, tmp_path):
 
 
 def test_ctrl_c_says_that_the_same_command_resumes(embedded, tmp_path):
-    run = subprocess.Popen(cli(embedded, tmp_path, "--max_steps", "100000"), env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    run = subprocess.Popen(cli(embedded, tmp_path, "--max_steps", "100000"), env=QUIET_TF,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert run.stdout.readline().startswith(f"{BACKBONE}: ")  # training starts after this line
     time.sleep(1)
@@ -281,7 +280,7 @@ def test_mirrored_strategy_over_two_devices(embedded, tmp_path):
     on two logical CPU devices: steps count once per global batch, exactly max_steps of them
     though it is no multiple of eval_every, and the head learns."""
     out = subprocess.run([sys.executable, "-c", MIRRORED, embedded["train"], embedded["eval"], str(tmp_path)],
-                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True,
+                         env=QUIET_TF, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     m = json.loads(out.stdout.splitlines()[-1])
