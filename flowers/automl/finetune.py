@@ -7,9 +7,10 @@ Pixels come from THE image function (flowers.core.images.decode_and_resize): val
 go through it exactly as the served model does; training images are random square windows of those
 same pixels, from the whole image down to 1 / ZOOM of the served scale, resized to the training
 window's side (1 / tuned_model.CROP_SCALE of the served side: a window of that side is the served scale),
-flipped and colour-jittered (the backbone is fully convolutional: it takes either size). The model itself is built in flowers.automl.tuned_model. Batch norm keeps its
-ImageNet statistics (the backbone runs in inference mode, its weights still learn), as keras.io's
-fine-tuning guide recommends for small datasets and batches.
+flipped and colour-jittered (the backbone is fully convolutional: it takes either size). The model
+itself is built in flowers.automl.tuned_model. Batch norm keeps its ImageNet statistics (the backbone
+runs in inference mode, its weights still learn), as keras.io's fine-tuning guide recommends for small
+datasets and batches.
 """
 import math
 import time
@@ -44,10 +45,11 @@ def augment(image, size, seed):
     window, its side / SIZE log-uniform from 1 / ZOOM (zoomed in) to S' / SIZE (the whole image),
     resized to SIZE. A window of side SIZE shows objects at the served scale."""
     x = tf.cast(image, tf.float32) / 255.0
-    served, size_f = tf.cast(tf.shape(x)[0], tf.float32), tf.cast(size, tf.float32)
+    served = tf.shape(x)[0]
+    size_f = tf.cast(size, tf.float32)
     log_ratio = tf.random.stateless_uniform([], seed=seed + 5, minval=-math.log(ZOOM),
-                                            maxval=tf.math.log(served / size_f))
-    side = tf.minimum(tf.cast(tf.round(size_f * tf.exp(log_ratio)), tf.int32), tf.shape(x)[0])
+                                            maxval=tf.math.log(tf.cast(served, tf.float32) / size_f))
+    side = tf.minimum(tf.cast(tf.round(size_f * tf.exp(log_ratio)), tf.int32), served)
     x = tf.image.stateless_random_crop(x, tf.stack([side, side, 3]), seed=seed)
     x = tf.image.resize(x, [size, size], antialias=True)
     x = tf.image.stateless_random_flip_left_right(x, seed=seed + 1)
@@ -202,5 +204,6 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
     early_stop = 0 < early.stopped_epoch < epochs - 1  # at the last epoch, the epochs ended it anyway
     stopped = "budget" if progress.stopped_by_deadline else ("early stopping" if early_stop else "epochs")
     log(f"fine-tune: {epochs_run} epoch(s), stopped by {stopped}, val accuracy {val_accuracy:.4f}")
-    return {"backbone": backbone, "head": head, "val_accuracy": val_accuracy, "val_scores": scores, "epochs": epochs_run,
-            "stopped": stopped, "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+    return {"backbone": backbone, "head": head, "val_accuracy": val_accuracy, "val_scores": scores,
+            "epochs": epochs_run, "stopped": stopped,
+            "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}

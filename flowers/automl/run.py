@@ -5,8 +5,8 @@
     -> list the train photos whose label out-of-fold heads doubt (OUT/label_issues.csv)
     -> search fine-tuning's first head on the features it reads (OUT/study_finetune.sqlite3, OUT/trials_finetune.csv)
     -> fine-tune each backbone's best candidate end to end on images, cheapest first (OUT/finetune/<backbone>/)
-    -> export the best of the frozen, fine-tuned and ensembled candidates (by validation accuracy) to OUT/model/<version>/,
-       scored through its own serving signature: OUT/metrics.json, OUT/eval_predictions.jsonl
+    -> export the best of the frozen, fine-tuned and ensembled candidates (by validation accuracy) to
+       OUT/model/<version>/, scored through its own serving signature: OUT/metrics.json, OUT/eval_predictions.jsonl
 
 It keeps to --budget_minutes: the search gets at most SEARCH_SHARE of it, fine-tuning what is
 left before the export, and OUT/summary.json says what it had time for. A killed run started
@@ -113,9 +113,9 @@ def run(data_dir, output, budget_minutes=BUDGET_MINUTES, trials=TRIALS, backbone
            known_oof=(params, oof), trials=trials, resume=resume)
     summary["wall_time_s"] = round(time.time() - started, 1)
     storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
-    log(f"winner: {summary['winner']['kind']} {summary['winner']['backbone']}, eval accuracy {summary['eval_accuracy']:.4f} "
-        f"(frozen {summary['frozen']['eval_accuracy']:.4f}), {summary['wall_time_s']:.0f} s "
-        f"-> {summary['export_path']}")
+    log(f"winner: {summary['winner']['kind']} {summary['winner']['backbone']}, "
+        f"eval accuracy {summary['eval_accuracy']:.4f} (frozen {summary['frozen']['eval_accuracy']:.4f}), "
+        f"{summary['wall_time_s']:.0f} s -> {summary['export_path']}")
     log("had time for: " + "; ".join(summary["did"]))
     return summary
 
