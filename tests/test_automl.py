@@ -181,7 +181,7 @@ def test_the_served_model_is_the_evaluated_one(run):
 
 def test_fine_tuning_sees_the_served_pixels(photos):
     """Validation images in fine-tuning are THE image function's pixels, bit for bit; training
-    images are windows of those pixels resized to 1 / CROP_SCALE of each side."""
+    images are windows of those pixels, 1 / CROP_SCALE of each side."""
     from flowers.automl import finetune, tuned_model
 
     paths = [photos[c][0] for c in CLASSES]

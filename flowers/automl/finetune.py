@@ -4,13 +4,13 @@ schedule has cooled, checkpoints and resume, on every GPU
 (MirroredStrategy) or the CPU, with a progress line and an ETA.
 
 Pixels come from THE image function (flowers.core.images.decode_and_resize): validation images
-go through it exactly as the served model does; training images are random square windows of those
-same pixels, from the whole image down to 1 / ZOOM of the served scale, resized to the training
-window's side (1 / tuned_model.CROP_SCALE of the served side: a window of that side is the served scale),
-flipped and colour-jittered (the backbone is fully convolutional: it takes either size). The model
-itself is built in flowers.automl.tuned_model. Batch norm keeps its ImageNet statistics (the backbone
-runs in inference mode, its weights still learn), as keras.io's fine-tuning guide recommends for small
-datasets and batches.
+go through it exactly as the served model does; training images are random windows of those same
+pixels (1 / tuned_model.CROP_SCALE of each side), flipped and colour-jittered, so an object has the
+same size in pixels in training as when served (the backbone is fully convolutional: it takes
+either size; windows zoomed in and out lost the winner photos on whole runs, docs/ACCURACY.md).
+The model itself is built in flowers.automl.tuned_model. Batch norm keeps its ImageNet statistics
+(the backbone runs in inference mode, its weights still learn), as keras.io's fine-tuning guide
+recommends for small datasets and batches.
 """
 import math
 import time
@@ -32,7 +32,6 @@ WARMUP = 0.1  # of the run's progress (steps or time, whichever is further along
 PATIENCE = 3  # epochs without a better validation accuracy before stopping, counted from when...
 COOLED = 0.5  # ...the rate has decayed to this fraction of its peak (CooledEarlyStopping)
 BRIGHTNESS, CONTRAST, SATURATION = 0.1, 0.2, 0.2  # colour jitter, on [0, 1] pixels
-ZOOM = 1.35  # training windows zoom in up to this much against the served scale (log-uniform)
 MIN_SECONDS = 60  # less time left than this: fine-tuning is skipped
 
 
@@ -41,17 +40,9 @@ def read_and_decode(uri, size):
 
 
 def augment(image, size, seed):
-    """uint8 [S', S', 3] (the served pixels) -> float [size, size, 3] in [0, 255]: a random square
-    window, its side / SIZE log-uniform from 1 / ZOOM (zoomed in) to S' / SIZE (the whole image),
-    resized to SIZE. A window of side SIZE shows objects at the served scale."""
+    """uint8 [S', S', 3] (the served pixels) -> float [size, size, 3] in [0, 255], a random window."""
     x = tf.cast(image, tf.float32) / 255.0
-    served = tf.shape(x)[0]
-    size_f = tf.cast(size, tf.float32)
-    log_ratio = tf.random.stateless_uniform([], seed=seed + 5, minval=-math.log(ZOOM),
-                                            maxval=tf.math.log(tf.cast(served, tf.float32) / size_f))
-    side = tf.minimum(tf.cast(tf.round(size_f * tf.exp(log_ratio)), tf.int32), served)
-    x = tf.image.stateless_random_crop(x, tf.stack([side, side, 3]), seed=seed)
-    x = tf.image.resize(x, [size, size], antialias=True)
+    x = tf.image.stateless_random_crop(x, [size, size, 3], seed=seed)
     x = tf.image.stateless_random_flip_left_right(x, seed=seed + 1)
     x = tf.image.stateless_random_brightness(x, BRIGHTNESS, seed=seed + 2)
     x = tf.image.stateless_random_contrast(x, 1 - CONTRAST, 1 + CONTRAST, seed=seed + 3)

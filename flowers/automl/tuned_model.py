@@ -13,7 +13,7 @@ FROZEN_STAGES = 3  # the stem and a Lite backbone's first stages (stride up to 8
 
 
 def crop_size(size):
-    """The side of a training window, as the model sees it, for an image of the served SIZE."""
+    """The side of a training window cut from an image of the served SIZE."""
     return int(round(size / CROP_SCALE))
 
 
