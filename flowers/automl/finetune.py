@@ -7,7 +7,7 @@ Pixels come from THE image function (flowers.core.images.decode_and_resize): val
 go through it exactly as the served model does; training images are random windows of those same
 pixels (1 / tuned_model.CROP_SCALE of each side), flipped and colour-jittered, so an object has the
 same size in pixels in training as when served (the backbone is fully convolutional: it takes
-either size; windows zoomed in and out lost the winner photos on whole runs, docs/ACCURACY.md).
+either size; zoomed windows cost the winners 6 photos over four whole runs, docs/ACCURACY.md).
 The model itself is built in flowers.automl.tuned_model. Batch norm keeps its ImageNet statistics
 (the backbone runs in inference mode, its weights still learn), as keras.io's fine-tuning guide
 recommends for small datasets and batches.
