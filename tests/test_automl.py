@@ -307,6 +307,52 @@ def test_early_stopping_counts_its_patience_from_when_the_schedule_has_cooled():
     assert model.stop_training
 
 
+def test_the_best_checkpoint_breaks_ties_on_val_loss_and_keeps_its_best_through_a_resume(tmp_path):
+    import keras
+
+    from flowers.automl import finetune
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = str(tmp_path / "best.weights.h5")
+
+    def epoch(checkpoint, number, accuracy, loss):
+        model.set_weights([np.full((2, 1), float(number)), np.zeros(1)])  # weights that name the epoch
+        checkpoint.on_epoch_end(number, {"val_accuracy": accuracy, "val_loss": loss})
+
+    first = finetune.BestCheckpoint(path)
+    first.set_model(model)
+    first.on_train_begin()
+    for number, accuracy, loss in [(0, 0.8, 0.5), (1, 0.9, 0.4), (2, 0.9, 0.3), (3, 0.9, 0.35), (4, 0.85, 0.1)]:
+        epoch(first, number, accuracy, loss)
+    model.load_weights(path)
+    assert model.get_weights()[0][0, 0] == 2  # the tie at 0.9 went to the lower loss, not the first epoch
+
+    resumed = finetune.BestCheckpoint(path)  # after a kill: a new callback, the same folder
+    resumed.set_model(model)
+    resumed.on_train_begin()
+    epoch(resumed, 5, 0.85, 0.2)  # worse than epoch 2: ModelCheckpoint would save it (it starts from -inf)
+    model.load_weights(path)
+    assert model.get_weights()[0][0, 0] == 2 and resumed.best["epoch"] == 2
+
+
+def test_a_resumed_run_reuses_a_fine_tune_that_had_finished(photos, tmp_path):
+    """A kill after lite0's fine-tune (during lite2's, say) does not cost lite0's epochs again."""
+    from flowers.automl import finetune
+
+    name = "efficientnet_lite0"
+    targets = np.eye(len(CLASSES), dtype=np.float32)
+    split = lambda k: ([photos[c][k] for c in CLASSES], None, targets)  # noqa: E731
+    data = {"backbone": name, "labels": CLASSES, "fit": split(0), "val": split(1)}
+    params = {"hidden_units": 8, "dropout": 0.0, "weight_decay": 0.0, "label_smoothing": 0.0}
+    logs = [], []
+    first, again = (finetune.fine_tune(data, params, None, str(tmp_path), time.time() + 600, epochs=1,
+                                       batch_size=len(CLASSES), log=log.append) for log in logs)
+    assert any("epoch 1/1" in line for line in logs[0]), logs[0]
+    assert not any("epoch 1/1" in line for line in logs[1]) and "its best epoch reused" in logs[1][0], logs[1]
+    assert again["history"] == first["history"] and again["stopped"] == first["stopped"]
+    np.testing.assert_allclose(again["val_scores"], first["val_scores"], atol=1e-5)
+
+
 def test_an_ensemble_serves_its_members_mean_scores(photos, tmp_path):
     """Each member gets THE image function's pixels at its own size; the signature returns the mean."""
     import keras

@@ -1,7 +1,7 @@
 """Fine-tune the search's winner end to end on images: backbone + head, augmented, with a cosine
 learning-rate schedule (after a warm-up) that ends by the budget's deadline, early stopping once that
-schedule has cooled, checkpoints and resume, on every GPU
-(MirroredStrategy) or the CPU, with a progress line and an ETA.
+schedule has cooled, the best epoch checkpointed (BestCheckpoint), resume after a kill (a finished
+fine-tune is reused), on every GPU (MirroredStrategy) or the CPU, with a progress line and an ETA.
 
 Pixels come from THE image function (flowers.core.images.decode_and_resize): validation images
 go through it exactly as the served model does; training images are random windows of those same
@@ -12,6 +12,7 @@ The model itself is built in flowers.automl.tuned_model. Batch norm keeps its Im
 (the backbone runs in inference mode, its weights still learn), as keras.io's fine-tuning guide
 recommends for small datasets and batches.
 """
+import json
 import math
 import time
 
@@ -118,6 +119,28 @@ class CooledEarlyStopping(keras.callbacks.EarlyStopping):
             self.model.stop_training, self.stopped_epoch = stopping, 0
 
 
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the weights of the best validated epoch: the highest val_accuracy, ties to the lower val_loss
+    (one photo moves the accuracy in steps, so equal epochs are common: on the shared photos 3 of 8
+    fine-tunes reached their best accuracy again at later, cooler epochs). Its record (PATH + .json)
+    outlives a kill, so a resumed run keeps a better earlier epoch (ModelCheckpoint starts from -inf)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path, self.record_path, self.best = path, path + ".json", None
+
+    def on_train_begin(self, logs=None):
+        if storage.exists(self.record_path) and storage.exists(self.path):
+            self.best = json.loads(storage.read_text(self.record_path))
+
+    def on_epoch_end(self, epoch, logs=None):
+        accuracy, loss = float(logs["val_accuracy"]), float(logs["val_loss"])
+        if self.best is None or (accuracy, -loss) > (self.best["val_accuracy"], -self.best["val_loss"]):
+            self.model.save_weights(self.path)
+            self.best = {"epoch": epoch, "val_accuracy": accuracy, "val_loss": loss}
+            storage.write_text(self.record_path, json.dumps(self.best) + "\n")
+
+
 class Progress(keras.callbacks.Callback):
     """One line every `every` batches and per epoch, with the ETA of the whole run; stops at the deadline."""
 
@@ -152,13 +175,35 @@ class Progress(keras.callbacks.Callback):
 
 def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS, batch_size=BATCH_SIZE,
               learning_rate=LEARNING_RATE, log=print, strategy=None):
-    """Fine-tune on data["fit"], validate on data["val"]; resumes from WORKDIR after a kill.
+    """Fine-tune on data["fit"], validate on data["val"]; resumes from WORKDIR after a kill, and a
+    fine-tune that had finished there before the kill (WORKDIR/done.json) is reused, not run again.
 
-    Returns {"backbone", "head", "val_accuracy", "val_scores", "epochs", "stopped"} with plain (non-distributed)
-    models holding the best validated weights, or None when no epoch could be afforded."""
-    if deadline - time.time() < MIN_SECONDS:
+    Returns {"backbone", "head", "val_accuracy", "val_scores", "epochs", "stopped", "history"} with plain
+    (non-distributed) models holding the best validated weights, or None when no epoch could be afforded."""
+    best_path, done_path = storage.join(workdir, "best.weights.h5"), storage.join(workdir, "done.json")
+    if storage.exists(done_path) and storage.exists(best_path):
+        done = json.loads(storage.read_text(done_path))
+        log(f"fine-tune: finished before the kill ({done['epochs']} epoch(s)): its best epoch reused")
+        model, backbone, head = build(data["backbone"], head_params, head_weights, len(data["labels"]))
+        model.optimizer.build(model.trainable_variables)  # the file holds the optimizer's state too
+        model.load_weights(best_path)
+        scores = predict(backbone, head, data["val"][0], backbones.get(data["backbone"]).image_size, batch_size)
+    elif deadline - time.time() < MIN_SECONDS:
         log("fine-tune: skipped, not enough budget left")
         return None
+    else:
+        done, backbone, head, scores = _train(data, head_params, head_weights, workdir, best_path, deadline, epochs,
+                                              batch_size, learning_rate, log, strategy)
+        storage.write_text(done_path, json.dumps(done) + "\n")
+    val_accuracy = search.accuracy(scores, data["val"][2])
+    log(f"fine-tune: {done['epochs']} epoch(s), stopped by {done['stopped']}, val accuracy {val_accuracy:.4f}")
+    return {"backbone": backbone, "head": head, "val_accuracy": val_accuracy, "val_scores": scores, **done}
+
+
+def _train(data, head_params, head_weights, workdir, best_path, deadline, epochs, batch_size, learning_rate, log,
+           strategy=None):
+    """model.fit with the callbacks above. Returns ({"epochs", "stopped", "history"}, backbone, head,
+    validation scores), the models plain copies holding the best epoch's weights."""
     spec = backbones.get(data["backbone"])
     fit_uris, fit_x, fit_y = data["fit"]
     steps = -(-len(fit_uris) // batch_size)
@@ -169,21 +214,18 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
         model, tuned_backbone, tuned_head = build(data["backbone"], head_params, head_weights, n_labels)
     train_ds = train_dataset(fit_uris, fit_y, spec.image_size, global_batch)
     val_ds = eval_dataset(data["val"][0], data["val"][2], spec.image_size, global_batch)
-    best_path = storage.join(workdir, "best.weights.h5")
     progress = Progress(epochs, steps, deadline, log)
     early = CooledEarlyStopping(learning_rate, monitor="val_accuracy", mode="max", patience=PATIENCE)
     callbacks = [
         # Resume after a kill; a kill while it writes leaves the previous epoch's backup (as flowers.train).
         keras.callbacks.BackupAndRestore(storage.join(workdir, "backup"), double_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True,
-                                        save_weights_only=True),
+        BestCheckpoint(best_path),
         early,
         BudgetSchedule(learning_rate, epochs * steps, deadline),
         progress,
     ]
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0,
                         shuffle=False)  # train_dataset shuffles; Keras would only warn that it cannot
-    epochs_run = len(history.history.get("val_accuracy", []))
     if storage.exists(best_path):
         model.load_weights(best_path)
     # A plain copy (outside any strategy) for export, as flowers.train does.
@@ -191,10 +233,8 @@ def fine_tune(data, head_params, head_weights, workdir, deadline, epochs=EPOCHS,
     for dst, src in zip((backbone, head), (tuned_backbone, tuned_head)):
         dst.set_weights(src.get_weights())
     scores = keras.Sequential([backbone, head]).predict(val_ds.map(lambda x, y: x), verbose=0)  # cached pixels
-    val_accuracy = search.accuracy(scores, data["val"][2])
     early_stop = 0 < early.stopped_epoch < epochs - 1  # at the last epoch, the epochs ended it anyway
     stopped = "budget" if progress.stopped_by_deadline else ("early stopping" if early_stop else "epochs")
-    log(f"fine-tune: {epochs_run} epoch(s), stopped by {stopped}, val accuracy {val_accuracy:.4f}")
-    return {"backbone": backbone, "head": head, "val_accuracy": val_accuracy, "val_scores": scores,
-            "epochs": epochs_run, "stopped": stopped,
-            "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+    history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    done = {"epochs": len(history.get("val_accuracy", [])), "stopped": stopped, "history": history}
+    return done, backbone, head, scores
