@@ -281,6 +281,20 @@ def test_no_epoch_starts_after_the_deadline():
     assert model.stop_training and progress.stopped_by_deadline
 
 
+def test_a_resumed_fine_tune_counts_its_epochs_from_the_start():
+    """BackupAndRestore resumes at the epoch after its backup; Keras' history holds only the epochs run since."""
+    import keras
+
+    from flowers.automl import finetune
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    progress = finetune.Progress(epochs=5, steps=4, deadline=time.time() + 3600, log=[].append)
+    history = model.fit(np.zeros((8, 2)), np.zeros((8, 1)), batch_size=2, epochs=5, initial_epoch=3, verbose=0,
+                        callbacks=[progress])
+    assert len(history.history["loss"]) == 2 and progress.epochs_done == 5
+
+
 def test_early_stopping_counts_its_patience_from_when_the_schedule_has_cooled():
     import keras
 

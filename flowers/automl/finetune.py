@@ -148,6 +148,7 @@ class Progress(keras.callbacks.Callback):
         super().__init__()
         self.epochs, self.steps, self.deadline, self.log, self.every = epochs, steps, deadline, log, every
         self.started, self.done, self.epoch, self.stopped_by_deadline = time.time(), 0, 0, False
+        self.epochs_done = 0  # counted from the run's start: Keras' history holds this process's epochs only
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -162,6 +163,7 @@ class Progress(keras.callbacks.Callback):
                      f"loss {logs.get('loss', 0):.4f} {self._eta((self.epochs - self.epoch) * self.steps - batch - 1)}")
 
     def on_epoch_end(self, epoch, logs=None):
+        self.epochs_done = epoch + 1
         if time.time() > self.deadline:  # else Keras starts another epoch: one batch, then its validation
             self.stopped_by_deadline = self.model.stop_training = True
         self.log(f"fine-tune: epoch {epoch + 1}/{self.epochs} loss {logs.get('loss', 0):.4f} "
@@ -236,5 +238,5 @@ def _train(data, head_params, head_weights, workdir, best_path, deadline, epochs
     early_stop = 0 < early.stopped_epoch < epochs - 1  # at the last epoch, the epochs ended it anyway
     stopped = "budget" if progress.stopped_by_deadline else ("early stopping" if early_stop else "epochs")
     history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-    done = {"epochs": len(history.get("val_accuracy", [])), "stopped": stopped, "history": history}
+    done = {"epochs": progress.epochs_done, "stopped": stopped, "history": history}
     return done, backbone, head, scores
