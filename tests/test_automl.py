@@ -22,7 +22,7 @@ from flowers.predict import client
 
 from conftest import CLASSES, ROOT
 
-PER_CLASS, TRIALS = 10, 4
+PER_CLASS, TRIALS, FINE_TUNE_EPOCHS = 10, 4, 2
 AUDIT_PER_CLASS = 40
 BACKBONE = "efficientnet_lite0"
 KATIB_STDOUT_FILTER = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"  # Katib's default metrics filter
@@ -45,10 +45,21 @@ def finished_trials(study_path):
     return [(t.number, t.value, t.params) for t in study.get_trials(states=states)]
 
 
+def kill_when(process, done, what):
+    deadline = time.time() + 900
+    while not done() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    log = process.communicate()[0]
+    assert done(), f"{what} before the kill:\n{log[-3000:]}"
+    return log
+
+
 @pytest.fixture(scope="module")
 def run(photos, tmp_path_factory):
-    """A photo tree of PER_CLASS photos per class; `flowers automl` killed once a trial has
-    finished, refused without --resume, then resumed to the end."""
+    """A photo tree of PER_CLASS photos per class; `flowers automl` killed once a trial has finished,
+    refused without --resume, resumed and killed again once fine-tuning's first epoch is backed up,
+    then resumed to the end."""
     root = tmp_path_factory.mktemp("photos")
     for c in CLASSES:
         (root / c).mkdir()
@@ -56,27 +67,26 @@ def run(photos, tmp_path_factory):
             os.symlink(p, root / c / os.path.basename(p))
     out = tmp_path_factory.mktemp("automl") / "out"
     args = [str(root), "--output", str(out), "--backbones", BACKBONE, "--trials", str(TRIALS),
-            "--fine_tune_epochs", "1", "--budget_minutes", "40"]
+            "--fine_tune_epochs", str(FINE_TUNE_EPOCHS), "--budget_minutes", "40"]
     study_path = str(out / "study.sqlite3")
 
-    first = automl(*args)
-    deadline = time.time() + 900
-    while not finished_trials(study_path) and first.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    first.send_signal(signal.SIGKILL)
-    first_log = first.communicate()[0]
+    kill_when(automl(*args), lambda: finished_trials(study_path), "no trial finished")
     before = finished_trials(study_path)
-    assert before, f"no trial finished before the kill:\n{first_log[-3000:]}"
     assert not (out / "model").exists(), "the kill came too late: the first run had finished"
 
     refused = automl(*args)
     refused_log = refused.communicate(timeout=600)[0]
 
+    backup = out / "finetune" / BACKBONE / "backup" / "training_metadata.json"  # BackupAndRestore's epoch
+    mid_fine_tune_log = kill_when(automl(*args, "--resume"), backup.exists, "no fine-tuning epoch backed up")
+    assert not (out / "model").exists(), "the kill came too late: the resumed run had finished"
+
     resumed = automl(*args, "--resume")
     resumed_log = resumed.communicate(timeout=1800)[0]
     assert resumed.returncode == 0, resumed_log[-4000:]
-    return {"out": out, "before": before, "refused": (refused.returncode, refused_log), "log": resumed_log,
-            "after": finished_trials(study_path), "held_out": {c: photos[c][PER_CLASS:PER_CLASS + 2] for c in CLASSES}}
+    return {"out": out, "before": before, "refused": (refused.returncode, refused_log),
+            "log": mid_fine_tune_log + resumed_log, "final_log": resumed_log, "after": finished_trials(study_path),
+            "held_out": {c: photos[c][PER_CLASS:PER_CLASS + 2] for c in CLASSES}}
 
 
 def test_a_study_is_not_overwritten_without_resume(run):
@@ -108,6 +118,15 @@ def test_summary_says_what_it_had_time_for(run):
     assert summary["did"][3].startswith(f"fine-tune {BACKBONE}: ")
     assert summary["winner"]["kind"] in ("frozen", "fine-tuned")
     assert "had time for: search" in run["log"]
+
+
+def test_a_fine_tune_killed_after_an_epoch_resumes_from_it_and_keeps_its_history(run):
+    final = run["final_log"]
+    assert "fine-tune: resumed after epoch 1 (its backup)" in final
+    assert f"fine-tune: epoch 1/{FINE_TUNE_EPOCHS} loss" not in final  # not run again
+    tuned = json.loads((run["out"] / "summary.json").read_text())["fine_tune"][BACKBONE]
+    assert tuned["epochs"] == FINE_TUNE_EPOCHS
+    assert len(tuned["history"]["val_accuracy"]) == len(tuned["history"]["loss"]) == FINE_TUNE_EPOCHS
 
 
 def test_fine_tuning_starts_from_the_best_head_on_the_features_it_reads(run):
@@ -281,18 +300,24 @@ def test_no_epoch_starts_after_the_deadline():
     assert model.stop_training and progress.stopped_by_deadline
 
 
-def test_a_resumed_fine_tune_counts_its_epochs_from_the_start():
-    """BackupAndRestore resumes at the epoch after its backup; Keras' history holds only the epochs run since."""
+def test_the_fine_tune_history_keeps_the_rerun_of_an_epoch_logged_before_a_kill(tmp_path):
+    """CSVLogger writes an epoch's row before BackupAndRestore saves it: killed between the two, the
+    resumed fit runs that epoch again and appends it a second time."""
     import keras
 
     from flowers.automl import finetune
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
-    progress = finetune.Progress(epochs=5, steps=4, deadline=time.time() + 3600, log=[].append)
-    history = model.fit(np.zeros((8, 2)), np.zeros((8, 1)), batch_size=2, epochs=5, initial_epoch=3, verbose=0,
-                        callbacks=[progress])
-    assert len(history.history["loss"]) == 2 and progress.epochs_done == 5
+    x, y, path = np.ones((8, 2)), np.ones((8, 1)), str(tmp_path / finetune.HISTORY)
+    model.fit(x, y, batch_size=2, epochs=2, validation_data=(x, y), verbose=0,
+              callbacks=[keras.callbacks.CSVLogger(path, append=True)])
+    resumed = model.fit(x, y, batch_size=2, epochs=3, initial_epoch=1, validation_data=(x, y), verbose=0,
+                        callbacks=[keras.callbacks.CSVLogger(path, append=True)])  # the backup held epoch 0
+    with open(path) as f:
+        assert [row.split(",")[0] for row in f.read().split()[1:]] == ["0", "1", "1", "2"]
+    history = finetune.read_history(path)
+    assert len(history["val_loss"]) == 3 and history["val_loss"][1:] == pytest.approx(resumed.history["val_loss"])
 
 
 def test_early_stopping_counts_its_patience_from_when_the_schedule_has_cooled():

@@ -12,6 +12,8 @@ The model itself is built in flowers.automl.tuned_model. Batch norm keeps its Im
 (the backbone runs in inference mode, its weights still learn), as keras.io's fine-tuning guide
 recommends for small datasets and batches.
 """
+import csv
+import io
 import json
 import math
 import time
@@ -34,6 +36,7 @@ PATIENCE = 3  # epochs without a better validation accuracy before stopping, cou
 COOLED = 0.5  # ...the rate has decayed to this fraction of its peak (CooledEarlyStopping)
 BRIGHTNESS, CONTRAST, SATURATION = 0.1, 0.2, 0.2  # colour jitter, on [0, 1] pixels
 MIN_SECONDS = 60  # less time left than this: fine-tuning is skipped
+HISTORY = "history.csv"  # every epoch's logs (Keras' CSVLogger), appended to across a resume
 
 
 def read_and_decode(uri, size):
@@ -148,10 +151,11 @@ class Progress(keras.callbacks.Callback):
         super().__init__()
         self.epochs, self.steps, self.deadline, self.log, self.every = epochs, steps, deadline, log, every
         self.started, self.done, self.epoch, self.stopped_by_deadline = time.time(), 0, 0, False
-        self.epochs_done = 0  # counted from the run's start: Keras' history holds this process's epochs only
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+        if epoch and not self.done:  # BackupAndRestore skipped the epochs before its backup
+            self.log(f"fine-tune: resumed after epoch {epoch} (its backup)")
 
     def on_train_batch_end(self, batch, logs=None):
         self.done += 1
@@ -163,7 +167,6 @@ class Progress(keras.callbacks.Callback):
                      f"loss {logs.get('loss', 0):.4f} {self._eta((self.epochs - self.epoch) * self.steps - batch - 1)}")
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs_done = epoch + 1
         if time.time() > self.deadline:  # else Keras starts another epoch: one batch, then its validation
             self.stopped_by_deadline = self.model.stop_training = True
         self.log(f"fine-tune: epoch {epoch + 1}/{self.epochs} loss {logs.get('loss', 0):.4f} "
@@ -218,7 +221,11 @@ def _train(data, head_params, head_weights, workdir, best_path, deadline, epochs
     val_ds = eval_dataset(data["val"][0], data["val"][2], spec.image_size, global_batch)
     progress = Progress(epochs, steps, deadline, log)
     early = CooledEarlyStopping(learning_rate, monitor="val_accuracy", mode="max", patience=PATIENCE)
+    storage.makedirs(workdir)  # CSVLogger opens its file before any callback creates the folder
+    history_path = storage.join(workdir, HISTORY)
     callbacks = [
+        # Before the backup: a kill between the two runs that epoch again and read_history keeps its rerun.
+        keras.callbacks.CSVLogger(history_path, append=True),
         # Resume after a kill; a kill while it writes leaves the previous epoch's backup (as flowers.train).
         keras.callbacks.BackupAndRestore(storage.join(workdir, "backup"), double_checkpoint=True),
         BestCheckpoint(best_path),
@@ -226,8 +233,8 @@ def _train(data, head_params, head_weights, workdir, best_path, deadline, epochs
         BudgetSchedule(learning_rate, epochs * steps, deadline),
         progress,
     ]
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0,
-                        shuffle=False)  # train_dataset shuffles; Keras would only warn that it cannot
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0,
+              shuffle=False)  # train_dataset shuffles; Keras would only warn that it cannot
     if storage.exists(best_path):
         model.load_weights(best_path)
     # A plain copy (outside any strategy) for export, as flowers.train does.
@@ -237,6 +244,17 @@ def _train(data, head_params, head_weights, workdir, best_path, deadline, epochs
     scores = keras.Sequential([backbone, head]).predict(val_ds.map(lambda x, y: x), verbose=0)  # cached pixels
     early_stop = 0 < early.stopped_epoch < epochs - 1  # at the last epoch, the epochs ended it anyway
     stopped = "budget" if progress.stopped_by_deadline else ("early stopping" if early_stop else "epochs")
-    history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-    done = {"epochs": progress.epochs_done, "stopped": stopped, "history": history}
+    history = read_history(history_path)  # Keras' History would hold only the epochs since a resume
+    done = {"epochs": len(history.get("val_accuracy", [])), "stopped": stopped, "history": history}
     return done, backbone, head, scores
+
+
+def read_history(path):
+    """{metric: one value per epoch} from the CSVLogger file, from the run's first epoch; of an epoch
+    logged twice (killed after its row, before its backup, so run again) the later row."""
+    rows = {}
+    if storage.exists(path):
+        for row in csv.DictReader(io.StringIO(storage.read_text(path))):
+            rows[int(row.pop("epoch"))] = row
+    keys = rows[min(rows)].keys() if rows else ()
+    return {key: [float(rows[epoch][key]) for epoch in sorted(rows)] for key in keys}
