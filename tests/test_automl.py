@@ -257,6 +257,31 @@ def test_fine_tuning_leaves_the_stem_and_first_stages_as_pretrained(photos):
         assert unchanged == (layer.name in frozen), layer.name
 
 
+def test_the_fine_tuned_backbone_drops_paths_in_training_only(photos):
+    """Stochastic depth: in training (what model.fit runs) lite0's identity blocks drop their residual
+    branch for random samples, at rates rising to DROP_PATH; in inference the scores are those of the
+    same weights without it, so export and serving see no difference."""
+    from flowers.automl import tuned_model
+    from flowers.core.backbones import efficientnet_lite
+
+    name = "efficientnet_lite0"
+    size = backbones.get(name).image_size
+    x = np.stack([images.load_image(open(photos[c][i], "rb").read(), size) for c in CLASSES for i in range(2)])
+    params = {"hidden_units": 8, "dropout": 0.0, "weight_decay": 0.0, "label_smoothing": 0.0}
+    model, backbone, head = tuned_model.build(name, params, None, len(CLASSES))
+    plain, plain_backbone, plain_head = tuned_model.build(name, params, None, len(CLASSES), drop_path=0.0)
+    plain_head.set_weights(head.get_weights())
+    rates = [layer.rate for layer in backbone.layers if isinstance(layer, efficientnet_lite.DropPathAdd)]
+    assert len(rates) == 9 and rates == sorted(rates) and 0 < rates[0] < rates[-1] < tuned_model.DROP_PATH
+    assert not any(isinstance(layer, efficientnet_lite.DropPathAdd) for layer in plain_backbone.layers)
+    served = model.predict(x, verbose=0)
+    np.testing.assert_allclose(served, model.predict(x, verbose=0))
+    np.testing.assert_allclose(served, plain.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    trained = [np.asarray(model(x, training=True)) for _ in range(2)]
+    assert np.abs(trained[0] - served).max() > 1e-3 and np.abs(trained[0] - trained[1]).max() > 1e-3
+    np.testing.assert_allclose(np.asarray(plain(x, training=True)), served, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("seconds_left", [3600, 0.01])
 def test_the_learning_rate_decays_to_zero_by_the_last_step_or_the_deadline(seconds_left):
     import keras

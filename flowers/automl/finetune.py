@@ -9,8 +9,8 @@ pixels (1 / tuned_model.CROP_SCALE of each side), flipped and colour-jittered, s
 same size in pixels in training as when served (the backbone is fully convolutional: it takes
 either size; zoomed windows cost the winners 6 photos over four whole runs, docs/ACCURACY.md).
 The model itself is built in flowers.automl.tuned_model. Batch norm keeps its ImageNet statistics
-(the backbone runs in inference mode, its weights still learn), as keras.io's fine-tuning guide
-recommends for small datasets and batches.
+(folded into the convolutions; their weights still learn), as keras.io's fine-tuning guide recommends
+for small datasets and batches; in training only the backbone's drop path (stochastic depth) acts.
 """
 import csv
 import io

@@ -45,15 +45,18 @@ def get(name):
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
 
 
-def load(name, include_top=False, weights=None, any_size=False):
+def load(name, include_top=False, weights=None, any_size=False, drop_path=0.0):
     """Build the Keras model: pooled embeddings, or 1000 ImageNet logits with include_top.
-    any_size: images of any height and width (fine-tuning), not just image_size."""
+    any_size: images of any height and width (fine-tuning), not just image_size.
+    drop_path: stochastic depth in training (fine-tuning; EfficientNet-Lite only)."""
     spec = get(name)
     size = None if any_size else spec.image_size
     if name.startswith("efficientnet_lite"):
         from flowers.core.backbones import efficientnet_lite
 
-        return efficientnet_lite.build(name, size, include_top=include_top)
+        return efficientnet_lite.build(name, size, include_top=include_top, drop_path=drop_path)
+    if drop_path:
+        raise ValueError(f"{name}: drop_path is for the EfficientNet-Lite backbones only")
     from flowers.core.backbones import keras_apps
 
     return keras_apps.build(name, size, include_top=include_top, weights=weights)

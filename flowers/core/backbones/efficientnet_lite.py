@@ -102,14 +102,32 @@ def freeze_stages(model, stages):
     return model
 
 
-def build(name, image_size, include_top=False, fold_bn=True):
+class DropPathAdd(keras.layers.Add):
+    """An identity skip's Add that in training drops the residual branch of a random RATE of the
+    samples and scales the kept ones by 1 / (1 - RATE): stochastic depth, as EfficientNet was trained.
+    In inference it is the plain Add, so a model built with it serves the same pixels to the same scores."""
+
+    def __init__(self, rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.dropout = keras.layers.Dropout(rate, noise_shape=(None, 1, 1, 1))  # whole samples
+
+    def call(self, inputs, training=None):
+        return super().call([inputs[0], self.dropout(inputs[1], training=training)])
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+def build(name, image_size, include_top=False, fold_bn=True, drop_path=0.0):
     """Keras model: float image in [0, 255], (N, S, S, 3) -> pooled features or 1000 logits.
     The features: each of the last POOLED_STAGES stages' output and the head's, average-pooled and
     concatenated in that order (the head's last: the logits' input). Mid-level features (texture,
     colour) help a head on frozen features: on 5 stratified 10 % splits of the shared photos, a fixed
     head held out 95.0 % (lite0, 288 px) and 94.8 % (lite2) against 94.2 and 93.4 % on the head's
     features alone, better on 8 of the 10 split-backbone pairs, level on 2 (bench/frozen_features.py).
-    fold_bn=False keeps separate BatchNormalization layers (the reference the folded model is tested against)."""
+    fold_bn=False keeps separate BatchNormalization layers (the reference the folded model is tested against).
+    drop_path: the last block's stochastic-depth rate in training, rising linearly from 0 (DropPathAdd)."""
     sd = load_state_dict(weights_path(name))
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="normalize")(inputs)
@@ -131,7 +149,9 @@ def build(name, image_size, include_top=False, fold_bn=True):
                      fold_bn=fold_bn)
         x = _conv_bn(x, sd, f"{p}._project_conv", f"{p}._bn2", f"block{i}_project", act=False, fold_bn=fold_bn)
         if not first_in_stage:  # identity skip inside a stage
-            x = keras.layers.Add(name=f"block{i}_add")([block_in, x])
+            rate = drop_path * i / len(stage_of)
+            add = DropPathAdd(rate, name=f"block{i}_add") if rate else keras.layers.Add(name=f"block{i}_add")
+            x = add([block_in, x])
     stage_outputs.append(x)
 
     x = _conv_bn(x, sd, "_conv_head", "_bn1", "head", fold_bn=fold_bn)
