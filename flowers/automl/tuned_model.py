@@ -12,7 +12,7 @@ CROP_SCALE = 1.15  # served side / training window side
 HEAD_FEATURES = 1280  # a Lite head's width: the last values of its embedding (efficientnet_lite.build)
 FROZEN_STAGES = 3  # the stem and a Lite backbone's first stages (stride up to 8) keep their ImageNet weights
 # Stochastic depth: in training a Lite block's residual branch is dropped for a random share of the
-# samples, rising linearly to DROP_PATH at the last block (EfficientNet's own training used 0.2).
+# samples, rising linearly with depth towards DROP_PATH (EfficientNet's own training used 0.2).
 # Paired with none on two unseen splits (lite0, same start head and time), it held out 3 and 3 photos
 # more and validated 1 and 3 more (docs/ACCURACY.md).
 DROP_PATH = 0.2

@@ -127,7 +127,7 @@ def build(name, image_size, include_top=False, fold_bn=True, drop_path=0.0):
     head held out 95.0 % (lite0, 288 px) and 94.8 % (lite2) against 94.2 and 93.4 % on the head's
     features alone, better on 8 of the 10 split-backbone pairs, level on 2 (bench/frozen_features.py).
     fold_bn=False keeps separate BatchNormalization layers (the reference the folded model is tested against).
-    drop_path: the last block's stochastic-depth rate in training, rising linearly from 0 (DropPathAdd)."""
+    drop_path: stochastic depth in training, block i of n dropped at drop_path * i / n (DropPathAdd)."""
     sd = load_state_dict(weights_path(name))
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="normalize")(inputs)
