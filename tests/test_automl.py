@@ -505,6 +505,37 @@ def test_out_of_fold_scores_come_from_heads_that_never_saw_the_row():
         assert counts.max() - counts.min() <= 1
 
 
+def test_the_exported_frozen_head_is_refit_on_every_train_row_and_serves_its_heads_mean(photos, tmp_path):
+    """Random labels: a head gets a row right only if it trained on it. The head whose validation
+    figure chooses never saw the validation rows; the exported head, refit, learned them. It is one
+    Keras model averaging REFIT_HEADS heads of different initial seeds, and the SavedModel serves that
+    mean of the backbone's features of the photos."""
+    import tensorflow as tf
+
+    from flowers.automl import search
+    from flowers.train import export
+
+    name = "efficientnet_lite0"
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, backbones.get(name).embedding_size)).astype(np.float32)
+    params, data = synthetic(x, rng.integers(0, 5, 200), "noise")
+    head, _ = search.train_head(params, data, epochs=params["best_epoch"])
+    refit = search.refit_head(params, data, params["best_epoch"])
+    on = lambda h, split: search.accuracy(h.predict(data[split][1], verbose=0), data[split][2])  # noqa: E731
+    assert on(head, "val") < 0.4 and on(refit, "val") > 0.95
+    assert on(refit, "fit") > 0.95
+
+    model = backbones.load(name)
+    path = export.export_members([(name, model, refit)], list(CLASSES), str(tmp_path / "model"))
+    paths = [photos[c][0] for c in CLASSES]
+    raw = [open(p, "rb").read() for p in paths]
+    features = model(np.stack([images.load_image(b, backbones.get(name).image_size) for b in raw]), training=False)
+    each = [refit.get_layer(f"head_{i}")(features).numpy() for i in range(search.REFIT_HEADS)]
+    assert not np.allclose(each[0], each[1], atol=1e-3)  # different seeds, different heads
+    out = tf.saved_model.load(path).signatures["serving_default"](key=tf.constant(paths), image_bytes=tf.constant(raw))
+    np.testing.assert_allclose(out["scores"].numpy(), np.mean(each, axis=0), atol=1e-5)
+
+
 def test_the_frozen_ensemble_replaces_the_best_head_only_when_it_wins_out_of_fold():
     """Two noisy views of the same classes err on different rows, so their heads' mean beats either
     out of fold and is chosen; a head on pure noise only drags the mean down, and the single stays."""
@@ -527,7 +558,8 @@ def test_the_frozen_ensemble_replaces_the_best_head_only_when_it_wins_out_of_fol
     figures = summary["frozen_ensemble"]
     assert figures["cv_accuracy"] > figures["cv_accuracy_single"] + 0.02, figures
     assert chosen["kind"] == "frozen ensemble" and [m[0] for m in chosen["members"]] == ["a", "b"]
-    assert chosen["members"][0][2] is head and heads["b"] is chosen["members"][1][2]  # the best head is reused
+    # The single's exported head is reused; b's validated head (in heads) is exported refit on every train row.
+    assert chosen["members"][0][2] is head and "b" in heads and chosen["members"][1][2] is not heads["b"]
     assert chosen["val_accuracy"] == figures["val_accuracy"] and chosen["params"] == [a[0], b[0]]
     summary = {"did": []}  # fine-tuning follows: reported, not cross-validated, not chosen
     assert automl_run._frozen_ensemble([a, b], single, heads, summary, cross_validate=False) is single

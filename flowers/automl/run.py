@@ -128,7 +128,9 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
            ensemble=True, known_oof=None, trials=TRIALS, resume=False, study_path=None):
     """From the search's best parameters to OUT/model/<version>/ and its evaluation files.
 
-    The frozen-feature candidate is the best trial's head retrained for its best number of epochs.
+    The frozen-feature candidate is the best trial's head retrained for its best number of epochs,
+    on the fit rows for its validation figure, then on every train row, several averaged, for export
+    (search.refit_head).
     tune: each backbone's best (params, data), fine-tuned in that order, each in an equal share of
     the time left (default: the best trial's own), each from the best head of a second search (TRIALS
     trials, study in study_path, default OUT/study_finetune.sqlite3) on the features fine-tuning
@@ -148,13 +150,15 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
         summary["phases"][name] = round(time.time() - t0, 1)
 
     t0 = time.time()
-    head, history = search.train_head(params, data, epochs=params.get("best_epoch", space.EPOCHS))
+    epochs = params.get("best_epoch", space.EPOCHS)
+    head, history = search.train_head(params, data, epochs=epochs)  # its validation figure chooses...
     frozen_val = history[-1]
-    frozen_eval = search.accuracy(head.predict(data["eval"][1], verbose=0), data["eval"][2])
-    train_figures = metrics.summarize(head.predict(data["fit"][1], verbose=0), data["fit"][2], data["labels"])
-    chosen = {"kind": "frozen", "members": [(params["backbone"], None, head)], "val_accuracy": frozen_val,
+    refit = search.refit_head(params, data, epochs)  # ...heads on every train row are exported
+    frozen_eval = search.accuracy(refit.predict(data["eval"][1], verbose=0), data["eval"][2])
+    train_figures = metrics.summarize(refit.predict(data["fit"][1], verbose=0), data["fit"][2], data["labels"])
+    chosen = {"kind": "frozen", "members": [(params["backbone"], None, refit)], "val_accuracy": frozen_val,
               "train_accuracy": train_figures["accuracy"], "train_loss": train_figures["loss"],
-              "steps": len(history) * -(-len(data["fit"][0]) // params["batch_size"]), "params": params,
+              "steps": _refit_steps(params, data), "params": params,
               "data": data}
     summary["frozen"] = {"val_accuracy": frozen_val, "eval_accuracy": frozen_eval}
     tune = tune or [(params, data)]
@@ -248,7 +252,9 @@ def _frozen_ensemble(per_backbone, single, heads, summary, cross_validate=True, 
     It replaces the single head when it classifies the train rows at least as well out of fold
     (FROZEN_CV_FOLDS heads per backbone): the validation slice picked the single head's parameters
     and epochs among many trials, so it flatters that head. Without cross_validate (fine-tuning
-    follows, and its models win by points) it is only reported. heads: {backbone: head}, filled here.
+    follows, and its models win by points) it is only reported, its figures those of heads trained on
+    the fit rows. heads: {backbone: head trained on the fit rows}, filled here; single's member is
+    its exported head (search.refit_head, as a chosen ensemble's members are).
     known_oof: (params, (scores, targets)), used for the backbone whose best parameters they are."""
     import numpy as np
 
@@ -261,7 +267,7 @@ def _frozen_ensemble(per_backbone, single, heads, summary, cross_validate=True, 
         if p["backbone"] not in heads:
             heads[p["backbone"]] = _best_head(p, d)
 
-    def mean_scores(split):
+    def mean_scores(split, heads=heads):
         return np.mean([heads[p["backbone"]].predict(d[split][1], verbose=0, batch_size=1024)
                         for p, d in per_backbone], axis=0)
 
@@ -286,12 +292,22 @@ def _frozen_ensemble(per_backbone, single, heads, summary, cross_validate=True, 
                           "for the best trial's head")
     if figures["cv_accuracy"] < figures["cv_accuracy_single"]:
         return single
-    fit = metrics.summarize(mean_scores("fit"), data["fit"][2], data["labels"])
-    return {"kind": "frozen ensemble", "members": [(name, None, heads[name]) for name in names],
+    # Chosen: each member is exported as search.refit_head makes it, as the single head is.
+    refits = {p["backbone"]: single["members"][0][2] if p == single["params"] else
+              search.refit_head(p, d, p.get("best_epoch", space.EPOCHS)) for p, d in per_backbone}
+    fit = metrics.summarize(mean_scores("fit", refits), data["fit"][2], data["labels"])
+    return {"kind": "frozen ensemble", "members": [(name, None, refits[name]) for name in names],
             "val_accuracy": figures["val_accuracy"], "train_accuracy": fit["accuracy"],
             "train_loss": fit["loss"], "params": [p for p, _ in per_backbone], "data": data,
-            "steps": sum(p.get("best_epoch", space.EPOCHS) * -(-len(data["fit"][0]) // p["batch_size"])
-                         for p, _ in per_backbone)}
+            "steps": sum(_refit_steps(p, data) for p, _ in per_backbone)}
+
+
+def _refit_steps(params, data):
+    """Training steps of search.refit_head's heads: every train row, params' best number of epochs."""
+    from flowers.automl import search
+
+    rows = len(data["fit"][0]) + len(data["val"][0])
+    return search.REFIT_HEADS * params.get("best_epoch", space.EPOCHS) * -(-rows // params["batch_size"])
 
 
 def _check_same_rows(datas):
