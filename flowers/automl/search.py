@@ -99,16 +99,19 @@ def train_head(params, data, epochs=space.EPOCHS, trial=None, seed=space.SEED):
     return head, report.history
 
 
-def refit_head(params, data, epochs, heads=REFIT_HEADS):
-    """The exported frozen head: once the validation slice has chosen the parameters and epochs, HEADS
+def train_rows(data):
+    """Every train row, fit then val: (uris, x, y)."""
+    return (data["fit"][0] + data["val"][0], *(np.concatenate([data["fit"][i], data["val"][i]]) for i in (1, 2)))
+
+
+def refit_head(params, data, epochs):
+    """The exported frozen head: once the validation slice has chosen the parameters and epochs, REFIT_HEADS
     fresh heads (initial seeds 0, 1, ...) trained on every train row, the slice included (as
     scikit-learn's refit), averaged into one Keras model (their mean scores). Over eight unseen splits,
     against one head on the fit rows: refit alone held out 13 photos more of 2,632, refit and averaged
     five 39 more (docs/ACCURACY.md); the initial seed alone moved one head by up to 10 photos."""
-    rows = (data["fit"][0] + data["val"][0], *(np.concatenate([data["fit"][i], data["val"][i]]) for i in (1, 2)))
-    members = [train_head(params, dict(data, fit=rows), epochs, seed=seed)[0] for seed in range(heads)]
-    if len(members) == 1:
-        return members[0]
+    every_row = dict(data, fit=train_rows(data))
+    members = [train_head(params, every_row, epochs, seed=seed)[0] for seed in range(REFIT_HEADS)]
     inputs = keras.Input((data["embedding_size"],), name="embedding")
     for i, member in enumerate(members):
         member.name = f"head_{i}"  # a model's layers need unique names
@@ -128,8 +131,7 @@ def stratified_folds(targets, folds, seed=space.SEED):
 def out_of_fold_scores(params, data, folds):
     """(scores, targets) for every train row (fit + val), each scored by a head that did not train
     on it: one head per fold, trained on the other folds for params' best number of epochs."""
-    x = np.concatenate([data["fit"][1], data["val"][1]])
-    y = np.concatenate([data["fit"][2], data["val"][2]])
+    _, x, y = train_rows(data)
     fold, scores = stratified_folds(y, folds), np.zeros(y.shape, np.float32)
     for k in range(folds):
         held = fold == k
