@@ -520,7 +520,7 @@ def test_the_exported_frozen_head_is_refit_on_every_train_row_and_serves_its_hea
     x = rng.normal(size=(200, backbones.get(name).embedding_size)).astype(np.float32)
     params, data = synthetic(x, rng.integers(0, 5, 200), "noise")
     head, _ = search.train_head(params, data, epochs=params["best_epoch"])
-    refit = search.refit_head(params, data, params["best_epoch"])
+    refit = search.refit_head(params, data)
     on = lambda h, split: search.accuracy(h.predict(data[split][1], verbose=0), data[split][2])  # noqa: E731
     assert on(head, "val") < 0.4 and on(refit, "val") > 0.95
     assert on(refit, "fit") > 0.95

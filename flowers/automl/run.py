@@ -150,10 +150,10 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
         summary["phases"][name] = round(time.time() - t0, 1)
 
     t0 = time.time()
-    epochs = params.get("best_epoch", space.EPOCHS)
-    head, history = search.train_head(params, data, epochs=epochs)  # its validation figure chooses...
+    # The head on the fit rows gives the validation figure that chooses; heads on every train row are exported.
+    head, history = search.train_head(params, data, epochs=search.best_epochs(params))
     frozen_val = history[-1]
-    refit = search.refit_head(params, data, epochs)  # ...heads on every train row are exported
+    refit = search.refit_head(params, data)
     frozen_eval = search.accuracy(refit.predict(data["eval"][1], verbose=0), data["eval"][2])
     train_figures = metrics.summarize(refit.predict(data["fit"][1], verbose=0), data["fit"][2], data["labels"])
     chosen = {"kind": "frozen", "members": [(params["backbone"], None, refit)], "val_accuracy": frozen_val,
@@ -243,7 +243,7 @@ def _search_head_features(cut, output, study_path, trials, resume, deadline, sum
 def _best_head(params, data):
     from flowers.automl import search
 
-    return search.train_head(params, data, epochs=params.get("best_epoch", space.EPOCHS))[0]
+    return search.train_head(params, data, epochs=search.best_epochs(params))[0]
 
 
 def _frozen_ensemble(per_backbone, single, heads, summary, cross_validate=True, known_oof=None):
@@ -294,7 +294,7 @@ def _frozen_ensemble(per_backbone, single, heads, summary, cross_validate=True, 
         return single
     # Chosen: each member is exported as search.refit_head makes it, as the single head is.
     refits = {p["backbone"]: single["members"][0][2] if p == single["params"] else
-              search.refit_head(p, d, p.get("best_epoch", space.EPOCHS)) for p, d in per_backbone}
+              search.refit_head(p, d) for p, d in per_backbone}
     fit = metrics.summarize(mean_scores("fit", refits), data["fit"][2], data["labels"])
     return {"kind": "frozen ensemble", "members": [(name, None, refits[name]) for name in names],
             "val_accuracy": figures["val_accuracy"], "train_accuracy": fit["accuracy"],
@@ -307,7 +307,7 @@ def _refit_steps(params, data):
     from flowers.automl import search
 
     rows = len(data["fit"][0]) + len(data["val"][0])
-    return search.REFIT_HEADS * params.get("best_epoch", space.EPOCHS) * -(-rows // params["batch_size"])
+    return search.REFIT_HEADS * search.best_epochs(params) * -(-rows // params["batch_size"])
 
 
 def _check_same_rows(datas):

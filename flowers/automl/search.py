@@ -99,19 +99,24 @@ def train_head(params, data, epochs=space.EPOCHS, trial=None, seed=space.SEED):
     return head, report.history
 
 
+def best_epochs(params):
+    """The epochs a head is retrained for: the trial's best (run._with_epochs), else the search's maximum."""
+    return params.get("best_epoch", space.EPOCHS)
+
+
 def train_rows(data):
     """Every train row, fit then val: (uris, x, y)."""
     return (data["fit"][0] + data["val"][0], *(np.concatenate([data["fit"][i], data["val"][i]]) for i in (1, 2)))
 
 
-def refit_head(params, data, epochs):
+def refit_head(params, data):
     """The exported frozen head: once the validation slice has chosen the parameters and epochs, REFIT_HEADS
     fresh heads (initial seeds 0, 1, ...) trained on every train row, the slice included (as
     scikit-learn's refit), averaged into one Keras model (their mean scores). Over eight unseen splits,
     against one head on the fit rows: refit alone held out 13 photos more of 2,632, refit and averaged
     five 39 more (docs/ACCURACY.md); the initial seed alone moved one head by up to 10 photos."""
     every_row = dict(data, fit=train_rows(data))
-    members = [train_head(params, every_row, epochs, seed=seed)[0] for seed in range(REFIT_HEADS)]
+    members = [train_head(params, every_row, best_epochs(params), seed=seed)[0] for seed in range(REFIT_HEADS)]
     inputs = keras.Input((data["embedding_size"],), name="embedding")
     for i, member in enumerate(members):
         member.name = f"head_{i}"  # a model's layers need unique names
@@ -136,7 +141,7 @@ def out_of_fold_scores(params, data, folds):
     for k in range(folds):
         held = fold == k
         part = dict(data, fit=(None, x[~held], y[~held]), val=(None, x[held], y[held]))
-        head, _ = train_head(params, part, epochs=params.get("best_epoch", space.EPOCHS))
+        head, _ = train_head(params, part, epochs=best_epochs(params))
         scores[held] = head.predict(x[held], verbose=0, batch_size=1024)
     return scores, y
 
