@@ -318,10 +318,11 @@ def _check_same_rows(datas):
 
 
 def _ensemble(candidates, chosen, summary):
-    """The fine-tuned models' mean scores as one candidate. It replaces `chosen` unless it validates
-    worse by more than ENSEMBLE_SLACK_SE standard errors of `chosen`'s validation accuracy: a fine-tuned
-    model's figure is the best of its epochs on this same slice (its checkpoint was picked there), so it
-    is flattered, and a difference of a photo or two is noise."""
+    """The fine-tuned models' mean scores as one candidate (weighted or geometric means held out level
+    over seven runs, docs/ACCURACY.md). It replaces `chosen` unless it validates worse by more than
+    ENSEMBLE_SLACK_SE standard errors of `chosen`'s validation accuracy: a fine-tuned model's figure is
+    the best of its epochs on this same slice (its checkpoint was picked there), so it is flattered, and
+    a difference of a photo or two is noise."""
     import numpy as np
 
     from flowers.automl import search
