@@ -471,7 +471,6 @@ def test_the_fine_tuned_ensemble_is_kept_unless_it_validates_worse_beyond_noise(
     assert automl_run._ensemble([a, b], dict(a, val_accuracy=1.0), {"did": []})["kind"] == "ensemble"
 
 
-
 def test_a_fine_tuned_model_replaces_a_frozen_head_within_noise_and_a_fine_tuned_one_only_at_least_as_good():
     from flowers.automl import run as automl_run
 
@@ -480,6 +479,7 @@ def test_a_fine_tuned_model_replaces_a_frozen_head_within_noise_and_a_fine_tuned
     assert automl_run._bar(frozen) == pytest.approx(0.76)
     assert automl_run._bar(dict(frozen, kind="frozen ensemble")) == pytest.approx(0.76)
     assert automl_run._bar(dict(frozen, kind="fine-tuned")) == 0.8
+
 
 # A head that memorises what it trains on, for synthetic features.
 HEAD = {"learning_rate": 1e-2, "weight_decay": 1e-6, "dropout": 0.0, "label_smoothing": 0.0, "hidden_units": 256,

@@ -140,9 +140,9 @@ def finish(params, data, output, end, fine_tune=True, fine_tune_epochs=None, sum
     single head (see _frozen_ensemble). A fine-tuned candidate replaces the chosen one only with a
     validation accuracy at least as good, or within the slice's noise of a frozen one (see _bar); the
     ensemble of the fine-tuned models (their mean scores, when ensemble is on) unless it validates worse
-    beyond the slice's noise (see _ensemble). Eval
-    accuracies are reported, never used to choose. known_oof: (params, out-of-fold (scores, targets)) already
-    computed (the label audit's), reused by the frozen ensemble's check.
+    beyond the slice's noise (see _ensemble). Eval accuracies are reported, never used to choose.
+    known_oof: (params, out-of-fold (scores, targets)) already computed (the label audit's), reused by
+    the frozen ensemble's check.
     Also the AutoML pipeline's fine-tune step (flowers.pipeline.automl)."""
     from flowers.automl import finetune, search, tuned_model, winner
     from flowers.train import metrics
@@ -339,9 +339,9 @@ def _check_same_rows(datas):
 def _ensemble(candidates, chosen, summary):
     """The fine-tuned models' mean scores as one candidate (weighted or geometric means held out level
     over seven runs, docs/ACCURACY.md). It replaces `chosen` unless it validates worse by more than
-    SLACK_SE standard errors of `chosen`'s validation accuracy: a fine-tuned model's figure is
-    the best of its epochs on this same slice (its checkpoint was picked there), so it is flattered, and
-    a difference of a photo or two is noise."""
+    SLACK_SE standard errors of `chosen`'s validation accuracy: a fine-tuned model's figure is the best
+    of its epochs on this same slice (its checkpoint was picked there), so it is flattered, and a
+    difference of a photo or two is noise."""
     import numpy as np
 
     from flowers.automl import search
